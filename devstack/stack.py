@@ -1,0 +1,261 @@
+"""The local stack as real processes: metering, the embed service and the gateway.
+
+`make run` and the end-to-end tests start the services through this one module, so what a
+developer runs by hand is what the tests exercise. Each service runs as `python -m <package>`
+in its own process session (Ctrl-C reaches only the launcher, which then stops the services
+in dependency order: gateway first, metering last, so no answered request loses its usage).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Ports:
+    embed: int = 50051
+    embed_metrics: int = 9101
+    metering: int = 50052
+    metering_metrics: int = 9102
+    gateway: int = 8080
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(*(free_port() for _ in range(5)))
+
+
+@dataclass
+class Service:
+    """One service process and where its output goes."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_file = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, *self.args],
+                env=self.env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log_file.close()  # the child holds its own descriptor
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.send_signal(sig)
+
+    def stop(self, timeout: float) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout` seconds; returns the exit code."""
+        if self.process is None:
+            return None
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("service=%s did not stop in %.0fs; killing it", self.name, timeout)
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# Start order: each service needs the one before it (embed reports usage to metering; the
+# gateway authenticates against metering and calls embed). Stop order is the reverse.
+MODULES = {"metering": "metering", "embed": "embed_service", "gateway": "gateway"}
+
+
+class StackError(RuntimeError):
+    """A service of the stack exited or did not become ready."""
+
+
+def grpc_serving(address: str, service: str = "", timeout: float = 1.0) -> bool:
+    """True when the gRPC health service at `address` says SERVING."""
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout
+            )
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class Stack:
+    """Metering, embed service and gateway on `ports`, with state under `data_dir`."""
+
+    data_dir: Path
+    ports: Ports = field(default_factory=Ports)
+    host: str = "127.0.0.1"
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{(self.data_dir / 'metering.db').resolve()}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.ports.gateway}"
+
+    @property
+    def embed_address(self) -> str:
+        return f"{self.host}:{self.ports.embed}"
+
+    @property
+    def metering_address(self) -> str:
+        return f"{self.host}:{self.ports.metering}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            {
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1",
+                "METERING_HOST": self.host,
+                "METERING_PORT": str(self.ports.metering),
+                "METERING_METRICS_PORT": str(self.ports.metering_metrics),
+                "METERING_DATABASE_URL": self.database_url,
+                "METERING_MIGRATE_ON_START": "true",
+                "EMBED_HOST": self.host,
+                "EMBED_PORT": str(self.ports.embed),
+                "EMBED_METRICS_PORT": str(self.ports.embed_metrics),
+                "EMBED_METERING_ADDR": self.metering_address,
+                "GATEWAY_HOST": self.host,
+                "GATEWAY_PORT": str(self.ports.gateway),
+                "GATEWAY_EMBED_ADDR": f"dns:///{self.embed_address}",
+                "GATEWAY_METERING_ADDR": self.metering_address,
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def metering_admin(self, *args: str) -> dict[str, object]:
+        """Runs `python -m metering admin ... --json` against this stack's ledger."""
+        result = subprocess.run(
+            [sys.executable, "-m", "metering", "admin", *args, "--json"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise StackError(f"metering admin {' '.join(args)} failed: {result.stderr.strip()}")
+        reply: dict[str, object] = json.loads(result.stdout)
+        return reply
+
+    def migrate(self) -> None:
+        """Brings the ledger schema up to date (`python -m metering migrate`)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "metering", "migrate"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise StackError(f"metering migrate failed: {result.stderr.strip()}")
+
+    def ensure_demo(self) -> dict[str, object]:
+        """Creates (first run) or reuses the demo org, project and API key."""
+        self.migrate()
+        return self.metering_admin("ensure-demo", "--key-file", str(self.data_dir / "demo-key"))
+
+    def ready(self, name: str) -> bool:
+        """Whether service `name` answers its readiness check."""
+        if name == "gateway":
+            return http_ok(f"{self.gateway_url}/readyz")
+        address = self.embed_address if name == "embed" else self.metering_address
+        return grpc_serving(address)
+
+    def start(self, timeout: float = 180.0) -> None:
+        """Starts all three services, each once the one it depends on is ready."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for name, module in MODULES.items():
+                self.services[name] = Service(
+                    name=name,
+                    args=["-m", module],
+                    env=self.env(),
+                    log_path=self.data_dir / "logs" / f"{name}.log",
+                )
+                self.restart(name, timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self, name: str, timeout: float = 180.0) -> None:
+        """Starts a service (again, after a stop or a kill) and waits until it is ready."""
+        service = self.services[name]
+        service.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not service.alive():
+                raise StackError(f"{name} exited during start-up:\n{service.log_tail()}")
+            if self.ready(name):
+                log.info("service=%s ready", name)
+                return
+            time.sleep(0.2)
+        raise StackError(f"{name} not ready after {timeout:.0f}s:\n{service.log_tail()}")
+
+    def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
+        """Stops the services front to back; returns each one's exit code."""
+        codes: dict[str, int | None] = {}
+        for name in reversed(MODULES):
+            if name in self.services:
+                codes[name] = self.services[name].stop(timeout)
+        return codes
