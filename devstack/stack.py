@@ -42,10 +42,12 @@ class Ports:
     metering: int = 50052
     metering_metrics: int = 9102
     gateway: int = 8080
+    sidecar: int = 50053
+    sidecar_metrics: int = 9103
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(5)))
+        return cls(*(free_port() for _ in range(7)))
 
 
 @dataclass
@@ -103,9 +105,15 @@ class Service:
         return "\n".join(text.splitlines()[-lines:])
 
 
-# Start order: each service needs the one before it (embed reports usage to metering; the
-# gateway authenticates against metering and calls embed). Stop order is the reverse.
-MODULES = {"metering": "metering", "embed": "embed_service", "gateway": "gateway"}
+# Start order: each service needs the one before it (embed reports usage to metering, or to
+# the sidecar that forwards to it; the gateway authenticates against metering and calls
+# embed). Stop order is the reverse.
+MODULES = {
+    "metering": ["-m", "metering"],
+    "sidecar": ["-m", "metering", "sidecar"],
+    "embed": ["-m", "embed_service"],
+    "gateway": ["-m", "gateway"],
+}
 
 
 class StackError(RuntimeError):
@@ -139,6 +147,8 @@ class Stack:
     data_dir: Path
     ports: Ports = field(default_factory=Ports)
     host: str = "127.0.0.1"
+    # With a sidecar, usage goes embed -> sidecar spool -> central metering, as in a pod.
+    sidecar: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
 
@@ -158,7 +168,13 @@ class Stack:
     def metering_address(self) -> str:
         return f"{self.host}:{self.ports.metering}"
 
-    def env(self) -> dict[str, str]:
+    @property
+    def sidecar_address(self) -> str:
+        return f"{self.host}:{self.ports.sidecar}"
+
+    def env(self, service: str = "") -> dict[str, str]:
+        """The environment of `service` ("" for the admin CLI): one shared set of settings,
+        except that the sidecar listens on its own ports and forwards to central metering."""
         env = dict(os.environ)
         env.update(
             {
@@ -173,13 +189,24 @@ class Stack:
                 "EMBED_HOST": self.host,
                 "EMBED_PORT": str(self.ports.embed),
                 "EMBED_METRICS_PORT": str(self.ports.embed_metrics),
-                "EMBED_METERING_ADDR": self.metering_address,
+                "EMBED_METERING_ADDR": (
+                    self.sidecar_address if self.sidecar else self.metering_address
+                ),
                 "GATEWAY_HOST": self.host,
                 "GATEWAY_PORT": str(self.ports.gateway),
                 "GATEWAY_EMBED_ADDR": f"dns:///{self.embed_address}",
                 "GATEWAY_METERING_ADDR": self.metering_address,
             }
         )
+        if service == "sidecar":
+            env.update(
+                {
+                    "METERING_PORT": str(self.ports.sidecar),
+                    "METERING_METRICS_PORT": str(self.ports.sidecar_metrics),
+                    "METERING_CENTRAL_ADDR": self.metering_address,
+                    "METERING_SPOOL_PATH": str((self.data_dir / "spool.db").resolve()),
+                }
+            )
         env.update(self.extra_env)
         return env
 
@@ -219,18 +246,24 @@ class Stack:
         """Whether service `name` answers its readiness check."""
         if name == "gateway":
             return http_ok(f"{self.gateway_url}/readyz")
-        address = self.embed_address if name == "embed" else self.metering_address
+        address = {
+            "embed": self.embed_address,
+            "sidecar": self.sidecar_address,
+            "metering": self.metering_address,
+        }[name]
         return grpc_serving(address)
 
     def start(self, timeout: float = 180.0) -> None:
         """Starts all three services, each once the one it depends on is ready."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
-            for name, module in MODULES.items():
+            for name, args in MODULES.items():
+                if name == "sidecar" and not self.sidecar:
+                    continue
                 self.services[name] = Service(
                     name=name,
-                    args=["-m", module],
-                    env=self.env(),
+                    args=args,
+                    env=self.env(name),
                     log_path=self.data_dir / "logs" / f"{name}.log",
                 )
                 self.restart(name, timeout)
