@@ -1,0 +1,413 @@
+"""The metering sidecar as a real process, against a small fake central MeteringService.
+
+The fake central stores events by id (a duplicate is counted, not stored again) and can be
+stopped and restarted on the same port, slowed down, or told to reject an org. The sidecar is
+started with ``python -m metering sidecar`` and killed with real signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from intent_embed.v1 import metering_pb2, metering_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def event(event_id: str, tokens: int = 7, org: str = "org-1") -> metering_pb2.UsageEvent:
+    return metering_pb2.UsageEvent(
+        event_id=event_id, org_id=org, model="intent-embed", tokens=tokens, inputs=1
+    )
+
+
+# -- fake central ------------------------------------------------------------------------
+
+
+@dataclass
+class Ledger:
+    events: dict[str, metering_pb2.UsageEvent] = field(default_factory=dict)
+    deliveries: int = 0
+    rejected_orgs: set[str] = field(default_factory=set)
+    delay_s: float = 0.0
+
+    def tokens(self) -> int:
+        return sum(e.tokens for e in self.events.values())
+
+
+class FakeCentral(metering_pb2_grpc.MeteringServiceServicer):
+    """Atomic per call, idempotent by event id, like the real ledger."""
+
+    def __init__(self, ledger: Ledger, port: int) -> None:
+        self.ledger = ledger
+        self.port = port
+        self.server: grpc.aio.Server | None = None
+
+    async def RecordUsage(
+        self, request: metering_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.RecordUsageResponse:
+        if self.ledger.delay_s:
+            await asyncio.sleep(self.ledger.delay_s)
+        for e in request.events:
+            if e.org_id in self.ledger.rejected_orgs:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"unknown org {e.org_id}")
+        recorded = duplicates = 0
+        for e in request.events:
+            self.ledger.deliveries += 1
+            if e.event_id in self.ledger.events:
+                duplicates += 1
+            else:
+                self.ledger.events[e.event_id] = e
+                recorded += 1
+        return metering_pb2.RecordUsageResponse(recorded=recorded, duplicates=duplicates)
+
+    async def start(self) -> None:
+        self.server = grpc.aio.server()
+        metering_pb2_grpc.add_MeteringServiceServicer_to_server(self, self.server)
+        assert self.server.add_insecure_port(f"127.0.0.1:{self.port}") == self.port
+        await self.server.start()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+            self.server = None
+
+
+@pytest.fixture
+async def central() -> AsyncIterator[FakeCentral]:
+    fake = FakeCentral(Ledger(), free_port())
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+# -- the sidecar process -----------------------------------------------------------------
+
+
+def sidecar_command() -> list[str]:
+    # `python -m metering sidecar` is the documented entry point; until the metering
+    # package's __main__ exists, the module runs itself the same way.
+    if (REPO_ROOT / "metering" / "__main__.py").exists():
+        return [sys.executable, "-m", "metering", "sidecar"]
+    return [sys.executable, "-m", "metering.sidecar"]
+
+
+class SidecarProcess:
+    def __init__(self, tmp_path: Path, central_port: int, **options: object) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.spool_path = tmp_path / "spool.db"
+        self.log_path = tmp_path / "sidecar.log"
+        self.options: dict[str, object] = {
+            "host": "127.0.0.1",
+            "port": self.port,
+            "metrics_host": "127.0.0.1",
+            "metrics_port": self.metrics_port,
+            "spool_path": self.spool_path,
+            "central_addr": f"127.0.0.1:{central_port}",
+            "forward_interval_s": 0.1,
+            "forward_backoff_max_s": 0.4,
+            "forward_timeout_s": 2,
+            **options,
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.channel: grpc.aio.Channel | None = None
+
+    async def start(self) -> None:
+        args = [f"--{k.replace('_', '-')}={v}" for k, v in self.options.items()]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
+        self.process = await asyncio.to_thread(self._spawn, args, env)
+        self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
+        health = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.log_path.read_text()
+            try:
+                reply = await health.Check(
+                    health_pb2.HealthCheckRequest(service="intent_embed.v1.MeteringService"),
+                    timeout=1,
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.aio.AioRpcError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"sidecar not serving:\n{self.log_path.read_text()}")
+
+    def _spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                [*sidecar_command(), *args], cwd=REPO_ROOT, env=env, stdout=log, stderr=log
+            )
+
+    @property
+    def stub(self) -> metering_pb2_grpc.MeteringServiceStub:
+        assert self.channel is not None
+        return metering_pb2_grpc.MeteringServiceStub(self.channel)
+
+    async def record(self, *events: metering_pb2.UsageEvent) -> metering_pb2.RecordUsageResponse:
+        request = metering_pb2.RecordUsageRequest(events=list(events))
+        reply: metering_pb2.RecordUsageResponse = await self.stub.RecordUsage(request, timeout=5)
+        return reply
+
+    async def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        text = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+        )
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in (labels or {}).items()
+                ):
+                    total += sample.value
+        return total
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    async def wait(self, within_s: float) -> int:
+        assert self.process is not None
+        code = await asyncio.to_thread(self.process.wait, within_s)
+        await self.close_channel()
+        return code
+
+    async def close_channel(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+
+    async def stop(self) -> None:
+        await self.close_channel()
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., SidecarProcess]]:
+    started: list[SidecarProcess] = []
+
+    def make(central_port: int, **options: object) -> SidecarProcess:
+        sidecar = SidecarProcess(tmp_path, central_port, **options)
+        started.append(sidecar)
+        return sidecar
+
+    yield make
+    for sidecar in started:
+        await sidecar.stop()
+
+
+async def eventually(check: Callable[[], bool], within_s: float = 20.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def metric_reaches(
+    sidecar: SidecarProcess, name: str, value: float, within_s: float = 10.0
+) -> None:
+    deadline = time.monotonic() + within_s
+    while (current := await sidecar.metric(name)) != value:
+        assert time.monotonic() < deadline, f"{name}={current}, expected {value}"
+        await asyncio.sleep(0.05)
+
+
+# -- tests -------------------------------------------------------------------------------
+
+
+async def test_acks_continue_while_central_is_down_and_everything_arrives_later(
+    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    sidecar = sidecars(central.port)
+    await sidecar.start()
+    for i in range(5):
+        assert (await sidecar.record(event(f"up-{i}"))).recorded == 1
+    await eventually(lambda: len(central.ledger.events) == 5)
+
+    await central.stop()
+    for i in range(30):
+        reply = await sidecar.record(event(f"down-{i}", tokens=i + 1))
+        assert (reply.recorded, reply.duplicates) == (1, 0)
+    assert await sidecar.metric("metering_sidecar_spool_depth") == 30
+    await asyncio.sleep(0.3)
+    assert await sidecar.metric("metering_sidecar_oldest_unforwarded_age_seconds") > 0.2
+    errors = await sidecar.metric("metering_sidecar_forward_errors_total", {"code": "UNAVAILABLE"})
+    assert errors > 0
+
+    await central.start()
+    await eventually(lambda: len(central.ledger.events) == 35)
+    assert central.ledger.tokens() == 5 * 7 + sum(range(1, 31))
+    await metric_reaches(sidecar, "metering_sidecar_spool_depth", 0)
+    assert await sidecar.metric("metering_sidecar_oldest_unforwarded_age_seconds") == 0
+    # A retry from the embed service after forwarding still counts as a duplicate.
+    assert (await sidecar.record(event("down-3"))).duplicates == 1
+
+
+async def test_sigkilled_sidecar_restarts_with_its_spool_nothing_lost_nothing_twice(
+    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    central.ledger.delay_s = 0.05  # central lags, so the spool holds a backlog at the kill
+    sidecar = sidecars(central.port, forward_batch=5)
+    await sidecar.start()
+
+    answered: set[str] = set()
+    failed: list[str] = []
+    stop = asyncio.Event()
+
+    async def load(worker: int) -> None:
+        n = 0
+        while not stop.is_set():
+            event_id = f"w{worker}-{n}"
+            try:
+                await sidecar.record(event(event_id))
+                answered.add(event_id)
+            except grpc.aio.AioRpcError:
+                failed.append(event_id)
+                return
+            n += 1
+
+    workers = [asyncio.create_task(load(w)) for w in range(4)]
+    await eventually(lambda: len(answered) >= 60)
+    sidecar.signal(signal.SIGKILL)
+    await asyncio.gather(*workers)
+    await sidecar.wait(10)
+    assert len(central.ledger.events) < len(answered), "nothing was left in the spool to test"
+
+    restarted = sidecars(central.port, forward_batch=5)
+    await restarted.start()
+    # The embed service retries what it was not answered for, with the same request ids.
+    for event_id in failed:
+        await restarted.record(event(event_id))
+    expected = answered | set(failed)
+    await eventually(lambda: set(central.ledger.events) == expected)
+    assert central.ledger.tokens() == 7 * len(expected)
+    await metric_reaches(restarted, "metering_sidecar_spool_depth", 0)
+
+
+async def test_full_spool_refuses_with_resource_exhausted_until_drained(
+    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    await central.stop()
+    sidecar = sidecars(central.port, spool_max_events=5)
+    await sidecar.start()
+    assert (await sidecar.record(*(event(f"e{i}") for i in range(4)))).recorded == 4
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await sidecar.record(event("e4"), event("e5"))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert await sidecar.metric("metering_sidecar_spool_depth") == 4  # nothing of it written
+    # A retry of a spooled event needs no room; one more fresh event still fits.
+    assert (await sidecar.record(event("e0"), event("e4"))).duplicates == 1
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await sidecar.record(event("e5"))
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    await central.start()
+    await eventually(lambda: len(central.ledger.events) == 5)
+    assert (await sidecar.record(event("e5"))).recorded == 1
+    await eventually(lambda: len(central.ledger.events) == 6)
+
+
+async def test_sigterm_forwards_the_spool_then_exits(
+    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    await central.stop()
+    sidecar = sidecars(central.port, forward_batch=5, shutdown_grace_s=20)
+    await sidecar.start()
+    for i in range(40):
+        await sidecar.record(event(f"e{i}"))
+    central.ledger.delay_s = 0.1  # 8 slow batches: the drain takes a while
+    await central.start()
+    sidecar.signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await sidecar.record(event("late"))
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert await sidecar.wait(25) == 0
+    assert set(central.ledger.events) == {f"e{i}" for i in range(40)}
+
+
+async def test_sigterm_with_central_down_exits_after_grace_and_keeps_the_spool(
+    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    await central.stop()
+    sidecar = sidecars(central.port, shutdown_grace_s=1)
+    await sidecar.start()
+    await sidecar.record(event("a"), event("b"))
+    started = time.monotonic()
+    sidecar.signal(signal.SIGTERM)
+    assert await sidecar.wait(15) == 3  # not drained: a non-zero exit an operator can see
+    assert time.monotonic() - started < 8
+
+    await central.start()
+    restarted = sidecars(central.port)
+    await restarted.start()
+    await eventually(lambda: set(central.ledger.events) == {"a", "b"})
+
+
+async def test_events_central_rejects_are_dead_lettered_and_the_rest_arrive(
+    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    central.ledger.rejected_orgs.add("org-gone")
+    await central.stop()
+    sidecar = sidecars(central.port, forward_batch=50)
+    await sidecar.start()
+    await sidecar.record(*(event(f"g{i}") for i in range(10)))
+    await sidecar.record(event("bad", org="org-gone"))
+    await sidecar.record(*(event(f"h{i}") for i in range(10)))
+    await central.start()  # one batch of 21 with a poisoned event in the middle
+
+    await eventually(lambda: len(central.ledger.events) == 20)
+    assert "bad" not in central.ledger.events
+    await metric_reaches(sidecar, "metering_sidecar_spool_depth", 0)
+    assert await sidecar.metric("metering_sidecar_dead_letters_total") == 1
+    assert await sidecar.metric("metering_sidecar_dead_letter_depth") == 1
+    # The forwarder is not stuck on it: later usage still flows.
+    await sidecar.record(event("after"))
+    await eventually(lambda: "after" in central.ledger.events)
+
+
+async def test_malformed_calls_and_central_only_methods_are_refused(
+    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    sidecar = sidecars(central.port)
+    await sidecar.start()
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await sidecar.record(event("ok"), event(""))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "events[1].event_id" in (bad.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as no_org:
+        await sidecar.record(event("x", org=""))
+    assert no_org.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await sidecar.metric("metering_sidecar_spool_depth") == 0  # nothing of either call
+
+    with pytest.raises(grpc.aio.AioRpcError) as auth:
+        await sidecar.stub.Authenticate(metering_pb2.AuthenticateRequest(api_key="k"), timeout=5)
+    assert auth.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.aio.AioRpcError) as usage:
+        await sidecar.stub.GetUsage(metering_pb2.GetUsageRequest(org_id="o"), timeout=5)
+    assert usage.value.code() == grpc.StatusCode.UNIMPLEMENTED

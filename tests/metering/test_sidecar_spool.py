@@ -1,0 +1,82 @@
+"""The sidecar's SQLite spool: durable, ordered, bounded, and it counts retries as duplicates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metering.spool import Spool, SpoolFullError
+
+
+def events(*ids: str) -> list[tuple[str, bytes]]:
+    return [(i, f"payload-{i}".encode()) for i in ids]
+
+
+def test_appended_events_survive_reopening_in_arrival_order(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=10)
+    spool.append(events("a", "b"))
+    spool.append(events("c"))
+    spool.close()
+
+    reopened = Spool(tmp_path / "spool.db", max_events=10)
+    assert reopened.depth == 3
+    assert [(e.event_id, e.payload) for e in reopened.peek(10)] == [
+        ("a", b"payload-a"), ("b", b"payload-b"), ("c", b"payload-c"),
+    ]
+    assert reopened.oldest_spooled_at is not None
+
+
+def test_a_retried_event_counts_as_duplicate_before_and_after_forwarding(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=10)
+    first = spool.append(events("a", "b", "a"))
+    assert (first.recorded, first.duplicates) == (2, 1)
+    again = spool.append(events("a"))
+    assert (again.recorded, again.duplicates) == (0, 1)
+
+    assert spool.ack(["a"]) == 1
+    after = spool.append(events("a", "c"))
+    assert (after.recorded, after.duplicates) == (1, 1)
+    assert [e.event_id for e in spool.peek(10)] == ["b", "c"]
+
+
+def test_forwarded_ids_are_forgotten_after_the_dedup_window(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=10, dedup_window_s=1e-9)
+    spool.append(events("a"))
+    spool.ack(["a"])
+    spool.ack([])  # prunes the window
+    assert spool.append(events("a")).recorded == 1
+
+
+def test_a_call_that_does_not_fit_writes_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=3)
+    spool.append(events("a", "b"))
+    with pytest.raises(SpoolFullError):
+        spool.append(events("c", "d"))
+    assert spool.depth == 2
+    assert [e.event_id for e in spool.peek(10)] == ["a", "b"]
+    # Duplicates need no room, and one more fresh event still fits.
+    assert spool.append(events("a", "c")).recorded == 1
+    assert spool.depth == 3
+
+
+def test_dead_lettered_events_leave_the_forward_path_but_are_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=10)
+    spool.append(events("good", "bad"))
+    bad = spool.peek(10)[1]
+    spool.dead_letter(bad, "FAILED_PRECONDITION", "unknown org")
+    assert [e.event_id for e in spool.peek(10)] == ["good"]
+    assert spool.depth == 1 and spool.dead_letter_count == 1
+    spool.close()
+    reopened = Spool(tmp_path / "spool.db", max_events=10)
+    assert reopened.dead_letters() == [("bad", "FAILED_PRECONDITION", "unknown org")]
+    # A retry of a dead-lettered event is a duplicate: it would only be rejected again.
+    retried = reopened.append(events("bad"))
+    assert (retried.recorded, retried.duplicates) == (0, 1)
+
+
+def test_acking_everything_empties_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=10, synchronous="normal")
+    spool.append(events("a", "b"))
+    assert spool.ack(["a", "b", "unknown"]) == 2
+    assert spool.depth == 0 and spool.oldest_spooled_at is None and spool.peek(10) == []
