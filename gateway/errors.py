@@ -1,0 +1,104 @@
+"""OpenAI-shaped API errors and the one place where upstream gRPC statuses become HTTP ones.
+
+Every error the gateway answers has OpenAI's body `{"error": {"message", "type", "param",
+"code"}}`, so the official clients raise the right exception class and show the message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import grpc
+import orjson
+
+# Where the embed service's message names an input ("input 3: ..."/"inputs[3]"), the
+# OpenAI `param` points at the request field the caller must fix.
+_PARAM_HINTS = (("dimensions", "dimensions"), ("truncate", "truncate"), ("input", "input"))
+
+
+class ApiError(Exception):
+    """An answer that is not a success: HTTP status plus OpenAI's error fields."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+    def with_headers(self, headers: Mapping[str, str] | None) -> ApiError:
+        self.headers.update(headers or {})
+        return self
+
+    def body(self) -> bytes:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type_: str, param: str | None, code: str | None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    )
+
+
+def _param_from(message: str) -> str | None:
+    lowered = message.lower()
+    for needle, param in _PARAM_HINTS:
+        if needle in lowered:
+            return param
+    return None
+
+
+_BILLING_WORDS = re.compile(r"billing|payment|past.?due|unpaid|card", re.IGNORECASE)
+
+
+def from_upstream(err: grpc.aio.AioRpcError, upstream: str, retry_after_s: int) -> ApiError:
+    """Map an upstream gRPC failure to the HTTP answer a client can act on."""
+    code = err.code()
+    detail = err.details() or code.name
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ApiError(400, detail, param=_param_from(detail), code="invalid_input")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ApiError(
+            429,
+            "The embedding service is at capacity; retry after the Retry-After delay.",
+            type_="rate_limit_error",
+            code="server_overloaded",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return ApiError(
+            503,
+            f"The {upstream} service is unavailable right now; retry shortly.",
+            type_="service_unavailable",
+            code="upstream_unavailable",
+            headers={"Retry-After": str(retry_after_s)},
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return ApiError(403, detail, type_="permission_error", code="permission_denied")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        # Metering refused the usage: a billing problem is fixed by paying (402); anything
+        # else (e.g. the org no longer exists) is a request that cannot succeed as sent (400).
+        if _BILLING_WORDS.search(detail):
+            return ApiError(402, detail, type_="insufficient_quota", code="billing_not_active")
+        return ApiError(400, detail, code="usage_rejected")
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ApiError(404, detail, code="not_found")
+    return ApiError(
+        502,
+        f"The {upstream} service failed ({code.name}); this is not a problem with your request.",
+        type_="server_error",
+        code="upstream_error",
+    )

@@ -1,0 +1,85 @@
+"""The gateway's Prometheus metrics, kept in a registry owned by each app instance.
+
+A pure ASGI middleware counts every HTTP answer by route and status and times it; the
+embeddings handler counts upstream failures by upstream and gRPC code.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_LATENCY_BUCKETS = (
+    0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+)  # fmt: skip
+
+
+class GatewayMetrics:
+    """The metric families of one app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "gateway_requests_total",
+            "HTTP requests answered, by route and status",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gateway_request_seconds",
+            "time from request start to the last response byte, by route",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors_total",
+            "failed gRPC calls to upstreams, by upstream and gRPC code",
+            ["upstream", "code"],
+            registry=self.registry,
+        )
+        self.inflight = Gauge(
+            "gateway_inflight_requests", "HTTP requests being answered", registry=self.registry
+        )
+        self.inputs = Counter(
+            "gateway_inputs_total", "inputs embedded successfully", registry=self.registry
+        )
+        self.tokens = Counter(
+            "gateway_tokens_total", "prompt tokens embedded successfully", registry=self.registry
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP response; routes outside `routes` count as 'other'."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, routes: Iterable[str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        # A fixed label set: unknown paths must not create a time series each.
+        self.routes = frozenset(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        route = path if path in self.routes else "other"
+        status = 500
+        start = time.monotonic()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.inflight.inc()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.monotonic() - start)

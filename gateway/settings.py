@@ -1,0 +1,51 @@
+"""The gateway's settings: one pydantic-settings class read from `GATEWAY_*` variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the gateway can be told; each field is `GATEWAY_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    host: str = Field(default="0.0.0.0", description="interface the HTTP server binds")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (also serves /metrics)")
+    embed_addr: str = Field(
+        default="dns:///127.0.0.1:50051",
+        description="embed service gRPC target; dns:/// lets round_robin spread over all pods",
+    )
+    metering_addr: str = Field(
+        default="127.0.0.1:50052", description="metering gRPC address (auth)"
+    )
+    auth_cache_s: float = Field(
+        default=30.0, ge=0, description="how long a key's Authenticate answer is reused"
+    )
+    auth_negative_cache_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long a rejected key stays rejected without asking metering",
+    )
+    auth_cache_max_keys: int = Field(
+        default=10_000, ge=1, description="API keys kept in the auth cache"
+    )
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1, description="largest request body (413)"
+    )
+    max_inputs: int = Field(default=2048, ge=1, description="most inputs in one request")
+    embed_timeout_s: float = Field(default=30.0, gt=0, description="deadline of one Embed call")
+    metering_timeout_s: float = Field(
+        default=5.0, gt=0, description="deadline of one Authenticate call"
+    )
+    ready_timeout_s: float = Field(
+        default=2.0, gt=0, description="deadline of /readyz health checks"
+    )
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with a 429")
+    model_name: str = Field(default="intent-embed", description="the one model name the API serves")
+    log_level: str = Field(default="info", description="logging level")
+    workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    graceful_shutdown_s: float = Field(
+        default=10.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"
+    )
