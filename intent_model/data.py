@@ -1,0 +1,112 @@
+"""The CLINC150 evaluation data: where the file lives, how its splits are read, and which of
+the ten domains each of the 150 intents belongs to (used to hold whole domains out of training
+to check that fine-tuning does not hurt intents the model never saw)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+OOS_LABEL = "oos"
+
+# The domain grouping published with CLINC150 (Larson et al., 2019): 10 domains x 15 intents.
+# fmt: off
+DOMAINS: dict[str, tuple[str, ...]] = {
+    "banking": (
+        "transfer", "transactions", "balance", "freeze_account", "pay_bill", "bill_balance",
+        "bill_due", "interest_rate", "routing", "min_payment", "order_checks", "pin_change",
+        "report_fraud", "account_blocked", "spending_history",
+    ),
+    "credit_cards": (
+        "credit_score", "report_lost_card", "credit_limit", "rewards_balance", "new_card",
+        "application_status", "card_declined", "international_fees", "apr", "redeem_rewards",
+        "credit_limit_change", "damaged_card", "replacement_card_duration",
+        "improve_credit_score", "expiration_date",
+    ),
+    "kitchen_and_dining": (
+        "recipe", "restaurant_reviews", "calories", "nutrition_info", "restaurant_suggestion",
+        "ingredients_list", "ingredient_substitution", "cook_time", "food_last",
+        "meal_suggestion", "restaurant_reservation", "confirm_reservation", "how_busy",
+        "cancel_reservation", "accept_reservations",
+    ),
+    "home": (
+        "shopping_list", "shopping_list_update", "next_song", "play_music", "update_playlist",
+        "todo_list", "todo_list_update", "calendar", "calendar_update", "what_song", "order",
+        "order_status", "reminder", "reminder_update", "smart_home",
+    ),
+    "auto_and_commute": (
+        "traffic", "directions", "gas", "gas_type", "distance", "current_location", "mpg",
+        "oil_change_when", "oil_change_how", "jump_start", "uber", "schedule_maintenance",
+        "last_maintenance", "tire_pressure", "tire_change",
+    ),
+    "travel": (
+        "book_flight", "book_hotel", "car_rental", "travel_suggestion", "travel_alert",
+        "travel_notification", "carry_on", "timezone", "vaccines", "translate", "flight_status",
+        "international_visa", "lost_luggage", "plug_type", "exchange_rate",
+    ),
+    "utility": (
+        "time", "alarm", "share_location", "find_phone", "weather", "text", "spelling",
+        "make_call", "timer", "date", "calculator", "measurement_conversion", "flip_coin",
+        "roll_dice", "definition",
+    ),
+    "work": (
+        "direct_deposit", "pto_request", "taxes", "payday", "w2", "pto_balance",
+        "pto_request_status", "next_holiday", "insurance", "insurance_change",
+        "schedule_meeting", "pto_used", "meeting_schedule", "rollover_401k", "income",
+    ),
+    "small_talk": (
+        "greeting", "goodbye", "tell_joke", "where_are_you_from", "how_old_are_you",
+        "what_is_your_name", "who_made_you", "thank_you", "what_can_i_ask_you",
+        "what_are_your_hobbies", "do_you_have_pets", "are_you_a_bot", "meaning_of_life",
+        "who_do_you_work_for", "fun_fact",
+    ),
+    "meta": (
+        "change_ai_name", "change_user_name", "cancel", "user_name", "reset_settings",
+        "whisper_mode", "repeat", "no", "yes", "maybe", "change_language", "change_accent",
+        "change_volume", "change_speed", "sync_device",
+    ),
+}
+# fmt: on
+
+
+def default_data_path() -> Path:
+    """CLINC150 sits beside the repository (`../shared/data/...` from the repo root)."""
+    repo_root = Path(__file__).resolve().parent.parent
+    return repo_root.parent / "shared" / "data" / "clinc150" / "data_full.json"
+
+
+@dataclass(frozen=True)
+class Split:
+    """Parallel lists of utterances and their intent labels."""
+
+    texts: list[str]
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def only(self, intents: set[str]) -> Split:
+        keep = [i for i, label in enumerate(self.labels) if label in intents]
+        return Split([self.texts[i] for i in keep], [self.labels[i] for i in keep])
+
+    def without(self, intents: set[str]) -> Split:
+        keep = [i for i, label in enumerate(self.labels) if label not in intents]
+        return Split([self.texts[i] for i in keep], [self.labels[i] for i in keep])
+
+
+def load_clinc(path: Path) -> dict[str, Split]:
+    """Every split of the file by name (train, val, test, oos_train, oos_val, oos_test)."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        name: Split([str(row[0]) for row in rows], [str(row[1]) for row in rows])
+        for name, rows in raw.items()
+    }
+
+
+def intents_of(domains: list[str]) -> set[str]:
+    """The intents of the named domains; an unknown name is an error, not an empty set."""
+    unknown = [d for d in domains if d not in DOMAINS]
+    if unknown:
+        raise ValueError(f"unknown domain(s) {unknown}; known: {sorted(DOMAINS)}")
+    return {intent for d in domains for intent in DOMAINS[d]}
