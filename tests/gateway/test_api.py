@@ -137,7 +137,9 @@ def test_documentation_examples_as_published(gateway: GatewayServer) -> None:
 
     client = OpenAI(api_key=key, base_url=f"http://{host}/v2")
     response2 = client.embeddings.create(
-        model="intent-embed", input="I want to use the intent embeddings api", encoding_format="float"
+        model="intent-embed",
+        input="I want to use the intent embeddings api",
+        encoding_format="float",
     )
     assert len(response2.data[0].embedding) == 384
 
