@@ -7,15 +7,21 @@ same name; uvicorn drains in-flight requests on SIGTERM, then the lifespan close
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
+
+_EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,8 +70,29 @@ def main(argv: list[str] | None = None) -> int:
             "gateway.app:create_app_from_env", factory=True, workers=settings.workers, **common
         )
     else:
-        uvicorn.run(create_app(settings), **common)
+        config = uvicorn.Config(create_app(settings), **common)
+        _CleanExitServer(config).run()
     return 0
+
+
+class _CleanExitServer(uvicorn.Server):
+    """uvicorn's server, but a drained SIGTERM/SIGINT ends the process with status 0.
+
+    uvicorn re-raises the captured signal after its graceful shutdown, so the process dies
+    "by signal 15"; supervisors (devstack, Kubernetes logs) would read that as a crash.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in _EXIT_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":
