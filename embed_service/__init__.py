@@ -1,0 +1,1 @@
+"""The gRPC embedding service: one sentence-embedding model served with dynamic batching."""

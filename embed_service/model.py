@@ -1,0 +1,238 @@
+"""The embedding model: a sentence-transformers style directory run with plain transformers.
+
+Owns loading (weights, tokenizer, pooling mode, normalisation and maximum length as the
+directory's sentence-transformers files say), device and dtype choice, token counting
+(tokenizer tokens without special tokens) and the forward pass that turns token ids into
+float32 vectors. Pooling and normalisation always run in float32 so a bfloat16 forward pass
+only rounds the transformer's activations, not the final vector.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when torch's oneDNN reports native bf16 kernels on this CPU (AVX512-BF16/AMX)."""
+    try:
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` is bf16 on CUDA and on CPUs with native bf16, float32 elsewhere."""
+    if dtype == "auto":
+        if device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16()):
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {dtype!r}")
+    return _DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class PoolingConfig:
+    mode: str  # "mean" or "cls"
+    normalize: bool
+    max_seq_length: int  # including special tokens
+
+
+def read_pooling_config(path: Path, max_position_embeddings: int) -> PoolingConfig:
+    """Pooling mode, normalisation and length limit from the sentence-transformers files.
+
+    A directory without them is treated as mean pooling, normalised, limited by the model's
+    position embeddings (what sentence-transformers does for a bare transformers model, except
+    that we normalise because every user of this service compares vectors by cosine).
+    """
+    mode, normalize, max_len = "mean", True, max_position_embeddings
+    modules_file = path / "modules.json"
+    if modules_file.exists():
+        modules = json.loads(modules_file.read_text())
+        types = [m.get("type", "") for m in modules]
+        normalize = any(t.endswith("Normalize") for t in types)
+        for m in modules:
+            if m.get("type", "").endswith("Pooling"):
+                pooling_file = path / m.get("path", "1_Pooling") / "config.json"
+                if pooling_file.exists():
+                    cfg = json.loads(pooling_file.read_text())
+                    if cfg.get("pooling_mode_cls_token"):
+                        mode = "cls"
+                    elif cfg.get("pooling_mode_mean_tokens", True):
+                        mode = "mean"
+                    else:
+                        raise ValueError(f"unsupported pooling in {pooling_file}: {cfg}")
+    sbert_file = path / "sentence_bert_config.json"
+    if sbert_file.exists():
+        seq = json.loads(sbert_file.read_text()).get("max_seq_length")
+        if seq:
+            max_len = min(int(seq), max_position_embeddings)
+    return PoolingConfig(mode=mode, normalize=normalize, max_seq_length=max_len)
+
+
+class EmbeddingModel:
+    """A loaded model; `encode` for tools, `tokenize` + `embed_ids` for the service's batcher."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        pooling: PoolingConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.device = device
+        self.dtype = dtype
+        config = model.config
+        self.dimensions = int(config.hidden_size)
+        self.vocab_size = len(tokenizer)
+        self.max_seq_length = pooling.max_seq_length
+        # Where the special tokens go for a single sequence ([CLS] ... [SEP] for BERT).
+        self._prefix, self._suffix = _special_tokens_around(tokenizer)
+        self.pad_token_id = int(tokenizer.pad_token_id or 0)
+        self.num_special_tokens = len(self._prefix) + len(self._suffix)
+        # Token limit of one input as users count it (no special tokens): the model's limit
+        # minus what the tokenizer adds around a single sequence.
+        self.max_input_tokens = self.max_seq_length - self.num_special_tokens
+        self._takes_token_types = "token_type_ids" in tokenizer.model_input_names
+
+    @classmethod
+    def from_directory(
+        cls,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        dtype: str = "auto",
+        num_threads: int = 0,
+    ) -> EmbeddingModel:
+        """Loads a local model directory; never touches the network."""
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        directory = Path(path)
+        dev = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, dev)
+        started = time.monotonic()
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        model = AutoModel.from_pretrained(directory, local_files_only=True, dtype=torch_dtype)
+        model.eval().to(dev)
+        pooling = read_pooling_config(directory, int(model.config.max_position_embeddings))
+        log.info(
+            "model_loaded path=%s device=%s dtype=%s pooling=%s normalize=%s max_seq=%d "
+            "threads=%d seconds=%.2f",
+            directory.name,
+            dev,
+            str(torch_dtype).removeprefix("torch."),
+            pooling.mode,
+            pooling.normalize,
+            pooling.max_seq_length,
+            torch.get_num_threads(),
+            time.monotonic() - started,
+        )
+        return cls(model, tokenizer, pooling, dev, torch_dtype)
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text without special tokens and without truncation."""
+        if not texts:
+            return []
+        encoded = self.tokenizer(
+            list(texts),
+            add_special_tokens=False,
+            truncation=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        return [list(ids) for ids in encoded["input_ids"]]
+
+    def embed_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        """Vectors [n, dim] float32 of inputs given as ids without special tokens.
+
+        Each input must already fit `max_input_tokens`; the batch is padded to its longest
+        input, so callers group inputs of similar length.
+        """
+        input_ids, attention_mask = self.pad(batch)
+        return self.forward(input_ids, attention_mask)
+
+    def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adds special tokens and right-pads into (input_ids, attention_mask) int64 tensors."""
+        extra = len(self._prefix) + len(self._suffix)
+        width = max(len(ids) for ids in batch) + extra
+        input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, ids in enumerate(batch):
+            full = [*self._prefix, *ids, *self._suffix]
+            input_ids[row, : len(full)] = full
+            attention_mask[row, : len(full)] = 1
+        return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            input_ids = input_ids.to(self.device, non_blocking=True)
+            attention_mask = attention_mask.to(self.device, non_blocking=True)
+            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if self._takes_token_types:
+                kwargs["token_type_ids"] = torch.zeros_like(input_ids)
+            hidden = self.model(**kwargs).last_hidden_state.float()
+            if self.pooling.mode == "cls":
+                pooled = hidden[:, 0]
+            else:
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            if self.pooling.normalize:
+                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+            return pooled.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Vectors [n, dim] float32 of `texts`, truncated to the model's limit, in input order.
+
+        Texts are sorted by length so each batch pads little; the result is in input order.
+        """
+        if not texts:
+            return np.zeros((0, self.dimensions), dtype=np.float32)
+        ids = [t[: self.max_input_tokens] for t in self.tokenize(texts)]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.empty((len(ids), self.dimensions), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out[chunk] = self.embed_ids([ids[i] for i in chunk])
+        return out
+
+
+def _special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single sequence."""
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start], full[start + len(plain) :]
+    raise ValueError("cannot locate the special tokens this tokenizer adds")

