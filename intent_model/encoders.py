@@ -4,17 +4,18 @@ running embed service over gRPC (so a deployed model is measured as users get it
 
 from __future__ import annotations
 
-import logging
 import uuid
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import numpy as np
 
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from embed_service.model import EmbeddingModel
+
 
 # The service caps inputs per request (EMBED_MAX_INPUTS, 2048); 256 keeps each call small
 # enough to stay well inside its token budget and deadline.
@@ -28,16 +29,22 @@ class Encoder(Protocol):
 
 
 class LocalEncoder:
-    """Loads a model directory with `embed_service.model.EmbeddingModel`, as the service does."""
+    """Runs `embed_service.model.EmbeddingModel`, the service's own loading, pooling and
+    normalisation code, in this process."""
 
-    def __init__(
-        self, model_dir: Path, device: str = "cpu", dtype: str = "float32", batch_size: int = 64
-    ) -> None:
-        from embed_service.model import EmbeddingModel  # the serving code, not a re-implementation
-
-        self._model = EmbeddingModel.from_directory(model_dir, device=device, dtype=dtype)
+    def __init__(self, model: EmbeddingModel, what: str, batch_size: int = 64) -> None:
+        self._model = model
         self._batch_size = batch_size
-        self._what = f"local model_dir={model_dir} device={device} dtype={dtype}"
+        self._what = what
+
+    @classmethod
+    def from_directory(
+        cls, model_dir: Path, device: str = "cpu", dtype: str = "float32", batch_size: int = 64
+    ) -> LocalEncoder:
+        from embed_service.model import EmbeddingModel
+
+        model = EmbeddingModel.from_directory(model_dir, device=device, dtype=dtype)
+        return cls(model, f"local model_dir={model_dir} device={device} dtype={dtype}", batch_size)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         vectors = self._model.encode(texts, batch_size=self._batch_size)

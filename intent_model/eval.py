@@ -44,20 +44,35 @@ def evaluate(
 ) -> IntentScores:
     """Scores `split` (test or val, with its out-of-scope part) against train-split centroids.
     With `domains`, only those domains' intents are used on both sides (oos stays whole)."""
-    train, queries, oos = splits["train"], splits[split], splits[f"oos_{split}"]
-    if domains:
-        keep = intents_of(domains)
-        train, queries = train.only(keep), queries.only(keep)
+    return evaluate_many(encoder, splits, [split], domains, seed)[split]
+
+
+def evaluate_many(
+    encoder: Encoder,
+    splits: dict[str, Split],
+    split_names: list[str],
+    domains: list[str] | None = None,
+    seed: int = 0,
+) -> dict[str, IntentScores]:
+    """`evaluate` for several query splits, embedding the train split only once."""
+    train = splits["train"]
+    keep = intents_of(domains) if domains else None
+    if keep is not None:
+        train = train.only(keep)
     started = time.monotonic()
     train_vecs = encoder.encode(train.texts)
-    query_vecs = encoder.encode(queries.texts)
-    oos_vecs = encoder.encode(oos.texts)
-    log.info(
-        "embedded n=%d seconds=%.1f",
-        len(train) + len(queries) + len(oos),
-        time.monotonic() - started,
-    )
-    return score_all(train_vecs, train.labels, query_vecs, queries.labels, oos_vecs, seed)
+    n_texts = len(train)
+    out: dict[str, IntentScores] = {}
+    for name in split_names:
+        queries, oos = splits[name], splits[f"oos_{name}"]
+        if keep is not None:
+            queries = queries.only(keep)
+        query_vecs = encoder.encode(queries.texts)
+        oos_vecs = encoder.encode(oos.texts)
+        n_texts += len(queries) + len(oos)
+        out[name] = score_all(train_vecs, train.labels, query_vecs, queries.labels, oos_vecs, seed)
+    log.info("embedded n=%d seconds=%.1f", n_texts, time.monotonic() - started)
+    return out
 
 
 def format_table(columns: dict[str, dict[str, Any]]) -> str:
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder = ServiceEncoder(args.embed_addr, org_id=args.org_id)
     else:
         model_dir = args.model_dir or default_model_dir()
-        encoder = LocalEncoder(model_dir, args.device, args.dtype, args.batch_size)
+        encoder = LocalEncoder.from_directory(model_dir, args.device, args.dtype, args.batch_size)
     started = time.monotonic()
     scores = evaluate(encoder, splits, args.split, domains or None, args.seed)
     elapsed = time.monotonic() - started

@@ -1,0 +1,139 @@
+"""A tiny training run writes a directory the embed service loads, and the recipe's parts
+(P x K batches, supervised contrastive loss, weight mixing) do what the model card says."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from embed_service.model import EmbeddingModel
+from intent_model.eval import default_model_dir
+from intent_model.train import TrainConfig, intent_batches, supervised_contrastive_loss, train
+
+_WORDS = {
+    "balance": ["how much money is in my account", "what is my balance", "show my funds"],
+    "transfer": ["send money to my mom", "move cash to savings", "wire fifty dollars to bob"],
+    "weather": ["will it rain today", "how hot is it outside", "what is the forecast"],
+    "timer": ["set a timer for ten minutes", "start a countdown", "time five minutes for me"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-dim BERT from a config, with the packaged MiniLM's tokenizer files."""
+    base = tmp_path_factory.mktemp("tiny-base")
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(base, safe_serialization=True)
+    minilm = default_model_dir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                 "modules.json"):  # fmt: skip
+        shutil.copy2(minilm / name, base / name)
+    (base / "1_Pooling").mkdir()
+    pooling = json.loads((minilm / "1_Pooling" / "config.json").read_text())
+    pooling["word_embedding_dimension"] = 32
+    (base / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+    (base / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
+    return base
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = []
+    for intent, texts in _WORDS.items():
+        rows += [[f"{t} please" if n else t, intent] for t in texts for n in range(2)]
+    path = tmp_path_factory.mktemp("data") / "clinc.json"
+    path.write_text(
+        json.dumps(
+            {
+                "train": rows,
+                "val": [[t, i] for i, ts in _WORDS.items() for t in ts[:2]],
+                "oos_val": [["who won the game", "oos"], ["sing me a song", "oos"]],
+            }
+        )
+    )
+    return path
+
+
+def _train(base: Path, data: Path, out: Path, mix: float, **kw: object) -> dict:
+    cfg = TrainConfig(
+        base=base, out=out, data=data, max_steps=3, batch_intents=2, per_intent=2, lr=1e-3,
+        mix=mix, device="cpu", eval_splits=["val"], **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return train(cfg)
+
+
+def test_tiny_training_writes_a_directory_the_embed_service_loads(
+    tiny_base: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "trained"
+    report = _train(tiny_base, tiny_data, out, mix=1.0)
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "vocab.txt",
+                 "modules.json", "1_Pooling/config.json", "sentence_bert_config.json",
+                 "README.md", "metrics.json"):  # fmt: skip
+        assert (out / name).is_file(), name
+    model = EmbeddingModel.from_directory(out, device="cpu", dtype="float32")
+    vectors = model.encode(["what is my balance", "set a timer", "hello there"])
+    assert vectors.shape == (3, 32)
+    assert np.isfinite(vectors).all()
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    base_vectors = EmbeddingModel.from_directory(tiny_base, device="cpu").encode(
+        ["what is my balance", "set a timer", "hello there"]
+    )
+    assert not np.allclose(vectors, base_vectors, atol=1e-4)  # training changed the model
+    assert report["steps"] == 3
+    assert {"mix=0/all/val", "mix=1/all/val"} <= set(report["eval"])
+    card = (out / "README.md").read_text()
+    assert "CLINC150 `train` split only" in card and "| base | all | val |" in card
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 3
+
+
+def test_mix_zero_saves_the_base_model_and_held_out_domains_are_not_trained(
+    tiny_base: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "mixed"
+    report = _train(tiny_base, tiny_data, out, mix=0.0, exclude_domains=["utility"])
+    texts = ["will it rain today", "send money to my mom"]
+    saved = EmbeddingModel.from_directory(out, device="cpu").encode(texts)
+    base = EmbeddingModel.from_directory(tiny_base, device="cpu").encode(texts)
+    np.testing.assert_allclose(saved, base, atol=1e-6)
+    assert report["examples"] == 12 and report["intents"] == 2  # weather and timer left out
+    assert {"mix=0/held_out/val", "mix=0/seen/val"} <= set(report["eval"])
+    assert report["eval"]["mix=0/held_out/val"]["n_intents"] == 2
+
+
+def test_batches_hold_k_utterances_of_p_distinct_intents_each_once() -> None:
+    labels = [f"i{n % 5}" for n in range(40)]  # 5 intents x 8 utterances
+    batches = intent_batches(labels, batch_intents=2, per_intent=4, rng=random.Random(0))
+    seen = [i for b in batches for i in b]
+    assert len(seen) == len(set(seen)) == 40
+    for batch in batches:
+        counts: dict[str, int] = {}
+        for i in batch:
+            counts[labels[i]] = counts.get(labels[i], 0) + 1
+        assert len(counts) >= 2 and set(counts.values()) == {4}
+
+
+def test_contrastive_loss_matches_hand_computation() -> None:
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    # Each anchor: positive similarity 1, two negatives 0, temperature 1:
+    # -log(e / (e + 2)) = log(e + 2) - 1.
+    loss = supervised_contrastive_loss(z, torch.tensor([0, 0, 1, 1]), temperature=1.0)
+    assert float(loss) == pytest.approx(math.log(math.e + 2) - 1, rel=1e-6)
+    swapped = supervised_contrastive_loss(z, torch.tensor([0, 1, 0, 1]), temperature=1.0)
+    assert float(swapped) > float(loss)  # pulling apart same-intent pairs costs more
