@@ -1,0 +1,439 @@
+"""The billing worker: turns each org's cumulative usage into whole-dollar Stripe charges,
+exactly once.
+
+A run (every ``METERING_BILL_INTERVAL_S`` in the service, or ``admin bill-now``) does two steps:
+
+1. For each org with a Stripe customer, no pending charge and no retry pause: if
+   ``owed_dollars(total_tokens)`` exceeds what succeeded and pending charges cover by k > 0,
+   commit a *pending* charge row of 100*k cents with sequence number n+1 and idempotency key
+   ``<org id>-<n+1>``. The unique (org, seq) key, ``FOR UPDATE SKIP LOCKED`` on the org row
+   (PostgreSQL) and SQLite's single writer mean two workers never create two charges for the
+   same dollars.
+2. Every due pending charge (new ones and ones left by a crash) is sent to Stripe as a
+   confirmed off-session PaymentIntent carrying its own ``Idempotency-Key``, so a resend after a
+   crash gets Stripe's first answer back instead of a second payment. On PostgreSQL the charge
+   row stays locked (``SKIP LOCKED``) while Stripe is called, so a second worker skips it; a
+   dead worker's lock goes with its connection. Then the row is updated:
+
+- succeeded: the charge covers its dollars; the org is in good standing again;
+- card declined (or the intent needs the customer): failed, Stripe's message recorded, the org
+  goes past due and waits a growing pause; the debt stays owed and a later run charges it anew;
+- network errors, timeouts, 429 and 5xx: the SDK retries with the same key; if that fails the
+  row stays pending with the error and a backoff, and is resent later with the same key.
+
+Without ``METERING_STRIPE_API_KEY`` charges are computed and stay pending; the log says so.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import stripe
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from metering.models import (
+    CHARGE_FAILED,
+    CHARGE_PENDING,
+    CHARGE_SUCCEEDED,
+    STATE_OK,
+    STATE_PAST_DUE,
+    Charge,
+    Org,
+    UsageDaily,
+    UsageTotal,
+    utcnow,
+)
+from metering.pricing import owed_dollars
+from metering.settings import Settings
+
+log = logging.getLogger("metering.billing")
+
+# Stripe allows 50 metadata keys; 40 projects by name, the rest summed under "other".
+MAX_PROJECTS_IN_METADATA = 40
+
+
+@dataclass(frozen=True)
+class BillingConfig:
+    stripe_api_key: str = ""
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_timeout_s: float = 30.0
+    stripe_max_retries: int = 2
+    retry_base_s: float = 30.0
+    retry_max_s: float = 6 * 3600.0
+
+
+def config_from(settings: Settings) -> BillingConfig:
+    return BillingConfig(
+        stripe_api_key=settings.stripe_api_key,
+        stripe_api_base=settings.stripe_api_base,
+        stripe_timeout_s=settings.stripe_timeout_s,
+        stripe_max_retries=settings.stripe_max_retries,
+        retry_base_s=settings.bill_retry_base_s,
+        retry_max_s=settings.bill_retry_max_s,
+    )
+
+
+@dataclass
+class RunReport:
+    created: list[str] = field(default_factory=list)  # idempotency keys of new charges
+    succeeded: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    still_pending: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {
+            "created": self.created,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "pending": self.still_pending,
+        }
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one Stripe attempt came to, before it is written to the charge row."""
+
+    state: str
+    error: str | None = None
+    intent_id: str | None = None
+    status: str | None = None
+
+
+def idempotency_key(org_id: str, seq: int) -> str:
+    return f"{org_id}-{seq}"
+
+
+def _backoff(base_s: float, max_s: float, failures: int) -> dt.timedelta:
+    return dt.timedelta(seconds=min(max_s, base_s * 2 ** max(0, failures - 1)))
+
+
+class BillingWorker:
+    """One billing worker; any number may run at once against the same ledger."""
+
+    def __init__(self, engine: Engine, config: BillingConfig) -> None:
+        self.engine = engine
+        self.config = config
+        self._postgres = engine.dialect.name == "postgresql"
+        self._client: stripe.StripeClient | None = None
+        if config.stripe_api_key:
+            self._client = stripe.StripeClient(
+                config.stripe_api_key,
+                base_addresses={"api": config.stripe_api_base},
+                max_network_retries=config.stripe_max_retries,
+                http_client=stripe.RequestsClient(timeout=config.stripe_timeout_s),
+            )
+
+    # ---- step 1: new charges -------------------------------------------------------------
+
+    def run_once(self) -> RunReport:
+        report = RunReport()
+        now = utcnow()
+        with Session(self.engine) as session:
+            org_ids = list(
+                session.exec(
+                    select(Org.id)
+                    .where(col(Org.stripe_customer_id).is_not(None))
+                    .order_by(col(Org.id))
+                ).all()
+            )
+        for org_id in org_ids:
+            key = self._create_charge(org_id, now)
+            if key:
+                report.created.append(key)
+        self._send_pending(report)
+        if report.created or report.succeeded or report.failed or report.still_pending:
+            log.info(
+                "event=billing_run created=%d succeeded=%d failed=%d pending=%d",
+                len(report.created),
+                len(report.succeeded),
+                len(report.failed),
+                len(report.still_pending),
+            )
+        return report
+
+    def _create_charge(self, org_id: str, now: dt.datetime) -> str | None:
+        try:
+            with Session(self.engine) as session:
+                query = select(Org).where(Org.id == org_id)
+                if self._postgres:
+                    query = query.with_for_update(skip_locked=True)
+                org = session.exec(query).first()
+                if org is None or not org.stripe_customer_id:
+                    return None  # another worker holds this org right now
+                if org.billing_retry_at is not None and org.billing_retry_at > now:
+                    return None
+                charges = session.exec(select(Charge).where(Charge.org_id == org_id)).all()
+                if any(c.state == CHARGE_PENDING for c in charges):
+                    return None  # one charge in flight per org: it is resent in step 2
+                total = session.get(UsageTotal, org_id)
+                tokens = total.tokens if total else 0
+                covering = [c for c in charges if c.state == CHARGE_SUCCEEDED]
+                covered = sum(c.amount_cents for c in covering) // 100
+                k = owed_dollars(tokens) - covered
+                if k <= 0:
+                    return None
+                seq = max((c.seq for c in charges), default=0) + 1
+                last = max(covering, key=lambda c: c.seq, default=None)
+                tokens_from = last.tokens_to if last else 0
+                before: Mapping[str, int] = json.loads(last.project_tokens_json) if last else {}
+                projects = self._project_tokens(session, org_id)
+                key = idempotency_key(org_id, seq)
+                metadata = self._metadata(
+                    org_id, seq, tokens_from, tokens, covered, k, projects, before
+                )
+                charge = Charge(
+                    org_id=org_id,
+                    seq=seq,
+                    idempotency_key=key,
+                    amount_cents=100 * k,
+                    currency="usd",
+                    customer_id=org.stripe_customer_id,
+                    tokens_from=tokens_from,
+                    tokens_to=tokens,
+                    metadata_json=json.dumps(metadata, sort_keys=True),
+                    project_tokens_json=json.dumps(projects, sort_keys=True),
+                    state=CHARGE_PENDING,
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(charge)
+                session.commit()
+        except IntegrityError:
+            # Another worker created this sequence number first: its charge stands, ours not.
+            log.info("event=charge_race org=%s action=skipped", org_id)
+            return None
+        log.info(
+            "event=charge_created org=%s seq=%d key=%s amount_cents=%d tokens_to=%d",
+            org_id,
+            seq,
+            key,
+            100 * k,
+            tokens,
+        )
+        return key
+
+    @staticmethod
+    def _project_tokens(session: Session, org_id: str) -> dict[str, int]:
+        rows = session.exec(
+            select(UsageDaily.project_id, func.sum(UsageDaily.tokens))
+            .where(UsageDaily.org_id == org_id)
+            .group_by(col(UsageDaily.project_id))
+        ).all()
+        return {project or "": int(tokens) for project, tokens in rows}
+
+    @staticmethod
+    def _metadata(
+        org_id: str,
+        seq: int,
+        tokens_from: int,
+        tokens_to: int,
+        covered: int,
+        k: int,
+        projects: Mapping[str, int],
+        before: Mapping[str, int],
+    ) -> dict[str, str]:
+        metadata = {
+            "org_id": org_id,
+            "charge_seq": str(seq),
+            "tokens_from": str(tokens_from),
+            "tokens_to": str(tokens_to),
+            "dollars_from": str(covered),
+            "dollars_to": str(covered + k),
+            "price": "94 cents per 1M tokens",
+        }
+        delta = {p: t - before.get(p, 0) for p, t in projects.items() if t - before.get(p, 0)}
+        ranked = sorted(delta.items(), key=lambda item: (-item[1], item[0]))
+        for project, tokens in ranked[:MAX_PROJECTS_IN_METADATA]:
+            metadata[f"project:{project or 'none'}"] = str(tokens)
+        rest = sum(tokens for _, tokens in ranked[MAX_PROJECTS_IN_METADATA:])
+        if rest:
+            metadata["project:other"] = str(rest)
+        return metadata
+
+    # ---- step 2: send pending charges ------------------------------------------------------
+
+    def _send_pending(self, report: RunReport) -> None:
+        now = utcnow()
+        with Session(self.engine) as session:
+            due = session.exec(
+                select(Charge.id, Charge.idempotency_key)
+                .where(Charge.state == CHARGE_PENDING)
+                .where(
+                    (col(Charge.next_attempt_at).is_(None)) | (col(Charge.next_attempt_at) <= now)
+                )
+                .order_by(col(Charge.id))
+            ).all()
+        if not due:
+            return
+        if self._client is None:
+            log.warning(
+                "event=stripe_off pending_charges=%d reason=METERING_STRIPE_API_KEY is empty, "
+                "charges stay pending until it is set",
+                len(due),
+            )
+            report.still_pending.extend(key for _, key in due)
+            return
+        for charge_id, key in due:
+            outcome = self._send_one(int(charge_id))  # type: ignore[arg-type]
+            if outcome == CHARGE_SUCCEEDED:
+                report.succeeded.append(key)
+            elif outcome == CHARGE_FAILED:
+                report.failed.append(key)
+            elif outcome == CHARGE_PENDING:
+                report.still_pending.append(key)
+
+    def _send_one(self, charge_id: int) -> str | None:
+        """Sends one pending charge; returns its state after, or None if another worker has it."""
+        query = select(Charge).where(Charge.id == charge_id, Charge.state == CHARGE_PENDING)
+        if self._postgres:
+            with Session(self.engine) as session:
+                # Held during the Stripe call: a second worker skips this charge, and the lock
+                # dies with a crashed worker's connection.
+                charge = session.exec(query.with_for_update(skip_locked=True)).first()
+                if charge is None:
+                    return None
+                outcome = self._attempt(charge)
+                return self._apply(session, charge, outcome)
+        # SQLite: never hold its single write lock across an HTTP call (usage writes would
+        # stall); a concurrent resend is harmless because Stripe replays the idempotency key.
+        with Session(self.engine) as session:
+            charge = session.exec(query).first()
+            if charge is None:
+                return None
+            session.expunge(charge)
+        outcome = self._attempt(charge)
+        with Session(self.engine) as session:
+            fresh = session.get(Charge, charge_id)
+            if fresh is None:
+                return None
+            if fresh.state != CHARGE_PENDING:
+                return fresh.state  # another worker recorded Stripe's answer first
+            return self._apply(session, fresh, outcome)
+
+    def _attempt(self, charge: Charge) -> _Outcome:
+        try:
+            intent = self._call_stripe(charge)
+        except stripe.CardError as exc:
+            return _Outcome(
+                CHARGE_FAILED,
+                f"card declined: {exc.user_message or exc}",
+                _intent_id_of(exc),
+                "declined",
+            )
+        except (
+            stripe.APIConnectionError,
+            stripe.RateLimitError,
+            stripe.APIError,
+            stripe.IdempotencyError,
+            stripe.AuthenticationError,
+        ) as exc:
+            # Transient, or ours to fix: keep the charge pending, resend with the same key.
+            return _Outcome(CHARGE_PENDING, f"{type(exc).__name__}: {exc.user_message or exc}")
+        except stripe.InvalidRequestError as exc:
+            # Stripe refuses this charge as sent (e.g. the customer has no usable card): like
+            # a decline the org must act; the debt stays owed.
+            return _Outcome(
+                CHARGE_FAILED,
+                f"{type(exc).__name__}: {exc.user_message or exc}",
+                _intent_id_of(exc),
+                "invalid_request",
+            )
+        status = str(intent.get("status", ""))
+        intent_id = str(intent.get("id", "")) or None
+        if status == "succeeded":
+            return _Outcome(CHARGE_SUCCEEDED, None, intent_id, status)
+        if status == "processing":
+            return _Outcome(CHARGE_PENDING, "payment processing at Stripe", intent_id, status)
+        return _Outcome(CHARGE_FAILED, f"payment intent status {status}", intent_id, status)
+
+    def _apply(self, session: Session, charge: Charge, outcome: _Outcome) -> str:
+        now = utcnow()
+        charge.attempts += 1
+        charge.updated_at = now
+        charge.stripe_payment_intent_id = outcome.intent_id or charge.stripe_payment_intent_id
+        charge.stripe_status = outcome.status or charge.stripe_status
+        charge.error = outcome.error[:2000] if outcome.error else None
+        org = session.get(Org, charge.org_id)
+        if outcome.state == CHARGE_SUCCEEDED:
+            charge.state = CHARGE_SUCCEEDED
+            charge.next_attempt_at = None
+            if org is not None:
+                org.billing_state = STATE_OK
+                org.billing_failures = 0
+                org.billing_retry_at = None
+            log.info(
+                "event=charge_succeeded org=%s seq=%d key=%s amount_cents=%d pi=%s",
+                charge.org_id,
+                charge.seq,
+                charge.idempotency_key,
+                charge.amount_cents,
+                charge.stripe_payment_intent_id,
+            )
+        elif outcome.state == CHARGE_PENDING:
+            delay = _backoff(self.config.retry_base_s, self.config.retry_max_s, charge.attempts)
+            charge.next_attempt_at = now + delay
+            log.warning(
+                "event=charge_retry_later org=%s seq=%d key=%s attempts=%d delay_s=%.0f error=%s",
+                charge.org_id,
+                charge.seq,
+                charge.idempotency_key,
+                charge.attempts,
+                delay.total_seconds(),
+                outcome.error,
+            )
+        else:
+            charge.state = CHARGE_FAILED
+            if org is not None:
+                org.billing_state = STATE_PAST_DUE
+                org.billing_failures += 1
+                org.billing_retry_at = now + _backoff(
+                    self.config.retry_base_s, self.config.retry_max_s, org.billing_failures
+                )
+            log.warning(
+                "event=charge_failed org=%s seq=%d key=%s amount_cents=%d error=%s",
+                charge.org_id,
+                charge.seq,
+                charge.idempotency_key,
+                charge.amount_cents,
+                outcome.error,
+            )
+        if org is not None:
+            session.add(org)
+        session.add(charge)
+        session.commit()
+        return charge.state
+
+    def _call_stripe(self, charge: Charge) -> Any:
+        assert self._client is not None
+        if charge.stripe_payment_intent_id:
+            # An earlier attempt got an intent still processing: ask for its outcome.
+            return self._client.v1.payment_intents.retrieve(charge.stripe_payment_intent_id)
+        params: dict[str, Any] = {
+            "amount": charge.amount_cents,
+            "currency": charge.currency,
+            "customer": charge.customer_id,
+            "confirm": True,
+            "off_session": True,
+            "description": f"intent-embed usage, charge {charge.seq}",
+            "metadata": json.loads(charge.metadata_json),
+        }
+        return self._client.v1.payment_intents.create(
+            params,  # type: ignore[arg-type]
+            options={"idempotency_key": charge.idempotency_key},
+        )
+
+
+def _intent_id_of(exc: stripe.StripeError) -> str | None:
+    error = getattr(exc, "error", None)
+    intent = getattr(error, "payment_intent", None) if error is not None else None
+    if intent is None:
+        return None
+    return str(intent.get("id")) if hasattr(intent, "get") else None

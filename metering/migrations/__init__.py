@@ -1,0 +1,1 @@
+"""Alembic migrations of the metering ledger (run with ``python -m metering migrate``)."""

@@ -1,0 +1,133 @@
+"""The ledger's tables (SQLModel): orgs, projects, API keys, usage events, running totals,
+per-day usage and Stripe charges.
+
+Tokens and money are integers (BIGINT). Times are timezone-aware UTC datetimes. The schema is
+created and evolved by the Alembic migrations in :mod:`metering.migrations`; these classes are
+what the code reads and writes, and the first migration mirrors them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import BigInteger, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+# Billing states an org can be in; "no_payment_method" is derived (no Stripe customer).
+STATE_OK = "ok"
+STATE_PAST_DUE = "past_due"
+STATE_NO_PAYMENT_METHOD = "no_payment_method"
+
+# Charge states: pending until Stripe answers for good; failed charges do not cover any debt.
+CHARGE_PENDING = "pending"
+CHARGE_SUCCEEDED = "succeeded"
+CHARGE_FAILED = "failed"
+
+
+def utcnow() -> dt.datetime:
+    """Now, timezone-aware UTC (the ledger stores every time in UTC)."""
+    return dt.datetime.now(dt.UTC)
+
+
+class Org(SQLModel, table=True):
+    __tablename__ = "orgs"
+
+    id: str = Field(primary_key=True, max_length=40)
+    name: str = Field(max_length=200)
+    stripe_customer_id: str | None = Field(default=None, max_length=200)
+    billing_state: str = Field(default=STATE_OK, max_length=40)
+    # After a decline or Stripe error, no new charge is attempted before this time.
+    billing_retry_at: dt.datetime | None = None
+    billing_failures: int = 0
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Project(SQLModel, table=True):
+    __tablename__ = "projects"
+
+    id: str = Field(primary_key=True, max_length=40)
+    org_id: str = Field(foreign_key="orgs.id", index=True, max_length=40)
+    name: str = Field(max_length=200)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    # The visible prefix of the key (also what logs show); the secret part is only hashed.
+    id: str = Field(primary_key=True, max_length=40)
+    org_id: str = Field(foreign_key="orgs.id", index=True, max_length=40)
+    name: str = Field(default="", max_length=200)
+    key_hash: str = Field(max_length=64)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    revoked_at: dt.datetime | None = None
+
+
+class UsageEvent(SQLModel, table=True):
+    __tablename__ = "usage_events"
+    __table_args__ = (Index("ix_usage_events_org_at", "org_id", "at"),)
+
+    event_id: str = Field(primary_key=True, max_length=256)
+    org_id: str = Field(max_length=40)
+    project_id: str = Field(default="", max_length=40)
+    model: str = Field(default="", max_length=200)
+    tokens: int = Field(sa_type=BigInteger)
+    inputs: int = 0
+    at: dt.datetime
+    recorded_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class UsageTotal(SQLModel, table=True):
+    """Per-org running totals: what billing is computed from (cumulative, all time)."""
+
+    __tablename__ = "usage_totals"
+
+    org_id: str = Field(primary_key=True, max_length=40)
+    tokens: int = Field(default=0, sa_type=BigInteger)
+    requests: int = Field(default=0, sa_type=BigInteger)
+    inputs: int = Field(default=0, sa_type=BigInteger)
+
+
+class UsageDaily(SQLModel, table=True):
+    """Usage per org, project, model and UTC day (project "" = not attributed)."""
+
+    __tablename__ = "usage_daily"
+
+    org_id: str = Field(primary_key=True, max_length=40)
+    project_id: str = Field(primary_key=True, max_length=40)
+    model: str = Field(primary_key=True, max_length=200)
+    day: str = Field(primary_key=True, max_length=10)
+    tokens: int = Field(default=0, sa_type=BigInteger)
+    requests: int = Field(default=0, sa_type=BigInteger)
+    inputs: int = Field(default=0, sa_type=BigInteger)
+
+
+class Charge(SQLModel, table=True):
+    """One whole-dollar Stripe PaymentIntent; committed as pending before Stripe is called."""
+
+    __tablename__ = "charges"
+    __table_args__ = (UniqueConstraint("org_id", "seq", name="uq_charges_org_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    org_id: str = Field(foreign_key="orgs.id", index=True, max_length=40)
+    seq: int
+    idempotency_key: str = Field(unique=True, max_length=100)
+    amount_cents: int = Field(sa_type=BigInteger)
+    currency: str = Field(default="usd", max_length=3)
+    customer_id: str = Field(max_length=200)
+    # Cumulative tokens / owed dollars this charge brings the org up to (its token range ends
+    # here; it starts where the previous covering charge ended).
+    tokens_from: int = Field(default=0, sa_type=BigInteger)
+    tokens_to: int = Field(default=0, sa_type=BigInteger)
+    # JSON text of the Stripe metadata, fixed at creation so every retry sends the same body.
+    metadata_json: str = Field(default="{}")
+    # JSON {project_id: cumulative tokens} at creation: the next charge's breakdown starts here.
+    project_tokens_json: str = Field(default="{}")
+    state: str = Field(default=CHARGE_PENDING, index=True, max_length=20)
+    stripe_payment_intent_id: str | None = Field(default=None, max_length=200)
+    stripe_status: str | None = Field(default=None, max_length=40)
+    error: str | None = Field(default=None, max_length=2000)
+    attempts: int = 0
+    next_attempt_at: dt.datetime | None = None
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    updated_at: dt.datetime = Field(default_factory=utcnow)

@@ -1,0 +1,301 @@
+"""Wiring of the central metering service: the MeteringService gRPC servicer (RecordUsage with
+group commit, Authenticate, GetUsage), gRPC health and reflection, Prometheus metrics, the
+in-process billing loop, and the SIGTERM drain.
+
+``build_server`` takes its dependencies (ledger, settings, metrics registry) as arguments so
+tests start it in-process on ``127.0.0.1:0`` and talk to it through a real channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+from intent_embed.v1 import metering_pb2, metering_pb2_grpc
+from metering.group_commit import GroupCommitter
+from metering.ledger import (
+    Event,
+    InvalidUsage,
+    Ledger,
+    LedgerError,
+    NotFound,
+    Unauthenticated,
+    UnknownOrg,
+    validate_events,
+)
+from metering.models import utcnow
+from metering.settings import Settings
+
+log = logging.getLogger("metering.server")
+
+SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
+
+
+class Metrics:
+    """The central service's Prometheus metrics, on their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "metering_requests_total",
+            "MeteringService calls",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "metering_events_total", "usage events received", ["result"], registry=self.registry
+        )
+        self.tokens = Counter(
+            "metering_tokens_recorded_total", "tokens newly recorded", registry=self.registry
+        )
+        self.group_calls = Histogram(
+            "metering_group_commit_calls",
+            "RecordUsage calls per group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=self.registry,
+        )
+        self.group_seconds = Histogram(
+            "metering_group_commit_seconds",
+            "time to write and commit one group",
+            registry=self.registry,
+        )
+
+    def observe_group(self, calls: int, _events: int, seconds: float) -> None:
+        self.group_calls.observe(calls)
+        self.group_seconds.observe(seconds)
+
+
+def _event_from_proto(e: metering_pb2.UsageEvent, now: dt.datetime) -> Event:
+    at = e.at.ToDatetime(tzinfo=dt.UTC) if e.HasField("at") else now
+    return Event(
+        event_id=e.event_id,
+        org_id=e.org_id,
+        project_id=e.project_id,
+        model=e.model,
+        tokens=e.tokens,
+        inputs=e.inputs,
+        at=at,
+    )
+
+
+# One place maps ledger errors to status codes.
+_CODES: list[tuple[type[LedgerError], grpc.StatusCode]] = [
+    (InvalidUsage, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnknownOrg, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (LedgerError, grpc.StatusCode.INVALID_ARGUMENT),
+]
+
+
+def status_of(error: LedgerError) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
+    def __init__(self, ledger: Ledger, committer: GroupCommitter, metrics: Metrics) -> None:
+        self._ledger = ledger
+        self._committer = committer
+        self._metrics = metrics
+
+    async def _fail(
+        self, context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode, msg: str
+    ) -> None:
+        self._metrics.requests.labels(method, code.name).inc()
+        await context.abort(code, msg)
+
+    async def RecordUsage(
+        self, request: metering_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.RecordUsageResponse:
+        now = utcnow()
+        events = [_event_from_proto(e, now) for e in request.events]
+        try:
+            validate_events(events)
+            result = await self._committer.record(events)
+        except LedgerError as exc:
+            code = status_of(exc)
+            self._metrics.events.labels("rejected").inc(len(events))
+            log.warning(
+                "event=record_rejected code=%s events=%d reason=%s", code.name, len(events), exc
+            )
+            await self._fail(context, "RecordUsage", code, str(exc))
+            raise  # unreachable: abort raises
+        except Exception as exc:
+            log.error("event=record_failed events=%d error=%r", len(events), exc)
+            await self._fail(
+                context,
+                "RecordUsage",
+                grpc.StatusCode.UNAVAILABLE,
+                "the ledger could not commit the usage; retry with the same event ids",
+            )
+            raise
+        self._metrics.requests.labels("RecordUsage", "OK").inc()
+        self._metrics.events.labels("recorded").inc(result.recorded)
+        self._metrics.events.labels("duplicate").inc(result.duplicates)
+        self._metrics.tokens.inc(result.tokens)
+        return metering_pb2.RecordUsageResponse(
+            recorded=result.recorded, duplicates=result.duplicates
+        )
+
+    async def Authenticate(
+        self, request: metering_pb2.AuthenticateRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.AuthenticateResponse:
+        try:
+            info = await asyncio.to_thread(self._ledger.authenticate, request.api_key)
+        except Unauthenticated as exc:
+            await self._fail(context, "Authenticate", grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise
+        except Exception as exc:
+            log.error("event=authenticate_failed error=%r", exc)
+            await self._fail(
+                context, "Authenticate", grpc.StatusCode.UNAVAILABLE, "the ledger is unavailable"
+            )
+            raise
+        self._metrics.requests.labels("Authenticate", "OK").inc()
+        return metering_pb2.AuthenticateResponse(
+            org_id=info.org_id,
+            org_name=info.org_name,
+            billing_ok=info.billing.ok,
+            billing_state=info.billing.state,
+            project_ids=info.project_ids,
+            key_id=info.key_id,
+            billing_message=info.billing.message,
+        )
+
+    async def GetUsage(
+        self, request: metering_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.GetUsageResponse:
+        if not request.org_id:
+            await self._fail(
+                context, "GetUsage", grpc.StatusCode.INVALID_ARGUMENT, "org_id is empty"
+            )
+        since = request.since.ToDatetime(tzinfo=dt.UTC) if request.HasField("since") else None
+        try:
+            report = await asyncio.to_thread(
+                self._ledger.usage, request.org_id, request.project_id, since
+            )
+        except LedgerError as exc:
+            await self._fail(context, "GetUsage", status_of(exc), str(exc))
+            raise
+        self._metrics.requests.labels("GetUsage", "OK").inc()
+        return metering_pb2.GetUsageResponse(
+            org_id=report.org_id,
+            total_tokens=report.total_tokens,
+            total_requests=report.total_requests,
+            owed_dollars=report.owed_dollars,
+            charged_dollars=report.charged_dollars,
+            pending_dollars=report.pending_dollars,
+            billing_state=report.billing.state,
+            buckets=[
+                metering_pb2.UsageBucket(
+                    day=b.day, project_id=b.project_id, tokens=b.tokens, requests=b.requests
+                )
+                for b in report.buckets
+            ],
+        )
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health_aio.HealthServicer
+    committer: GroupCommitter
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.committer.stop()
+
+
+async def build_server(
+    ledger: Ledger, settings: Settings, metrics: Metrics, *, address: str | None = None
+) -> RunningServer:
+    """Starts the gRPC server (SERVING once listening) and its group committer."""
+    committer = GroupCommitter(
+        ledger.record_calls, max_events=settings.commit_max_events, observe=metrics.observe_group
+    )
+    committer.start()
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    metering_pb2_grpc.add_MeteringServiceServicer_to_server(
+        MeteringServicer(ledger, committer, metrics), server
+    )
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            reflection.SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        ),
+        server,
+    )
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    port = server.add_insecure_port(address or f"{settings.host}:{settings.port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server=server, port=port, health=health, committer=committer)
+
+
+async def _billing_loop(run_once: Callable[[], object], interval_s: float) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(run_once)
+        except Exception:
+            log.exception("event=billing_run_failed")
+        await asyncio.sleep(interval_s)
+
+
+async def serve(
+    settings: Settings,
+    ledger: Ledger,
+    billing_run: Callable[[], object] | None = None,
+    on_ready: Callable[[int], Awaitable[None]] | None = None,
+) -> int:
+    """Runs the service until SIGTERM/SIGINT; returns the exit code."""
+    metrics = Metrics()
+    if settings.metrics_port:
+        start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
+    running = await build_server(ledger, settings, metrics)
+    log.info(
+        "event=serving host=%s port=%d metrics_port=%d bill_interval_s=%s",
+        settings.host,
+        running.port,
+        settings.metrics_port,
+        settings.bill_interval_s,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    billing: asyncio.Task[None] | None = None
+    if billing_run is not None and settings.bill_interval_s > 0:
+        billing = asyncio.create_task(_billing_loop(billing_run, settings.bill_interval_s))
+    if on_ready is not None:
+        await on_ready(running.port)
+    await stop.wait()
+    log.info("event=shutting_down grace_s=%s", settings.shutdown_grace_s)
+    if billing is not None:
+        # A billing run in its worker thread finishes its current charge on its own; the
+        # ledger's pending rows make an interrupted run safe to resume at next start.
+        billing.cancel()
+    await running.stop(settings.shutdown_grace_s)
+    log.info("event=stopped")
+    return 0

@@ -1,0 +1,85 @@
+"""Fixtures of the metering tests: a migrated SQLite ledger per test, a PostgreSQL ledger in
+its own schema when METERING_TEST_DATABASE_URL is set, and the gRPC server in-process."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import grpc
+import pytest
+from sqlalchemy import create_engine, text
+
+from intent_embed.v1 import metering_pb2_grpc
+from metering.database import make_engine, migrate
+from metering.ledger import Ledger
+from metering.server import Metrics, RunningServer, build_server
+from metering.settings import Settings
+
+PG_URL_ENV = "METERING_TEST_DATABASE_URL"
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    migrate(url)
+    return url
+
+
+def _with_search_path(url: str, schema: str) -> str:
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A migrated ledger in a fresh PostgreSQL schema, dropped afterwards."""
+    base = os.environ.get(PG_URL_ENV)
+    if not base:
+        pytest.skip(f"{PG_URL_ENV} is not set (PostgreSQL tests need a server)")
+    schema = f"metering_test_{secrets.token_hex(4)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = _with_search_path(base, schema)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def ledger(sqlite_url: str) -> Iterator[Ledger]:
+    engine = make_engine(sqlite_url)
+    yield Ledger(engine, max_unpaid_usd=50)
+    engine.dispose()
+
+
+@dataclass
+class Service:
+    ledger: Ledger
+    metrics: Metrics
+    running: RunningServer
+    channel: grpc.aio.Channel
+    stub: metering_pb2_grpc.MeteringServiceStub
+
+
+@pytest.fixture
+async def service(ledger: Ledger) -> AsyncIterator[Service]:
+    """The MeteringService on 127.0.0.1:<free port>, reached through a real channel."""
+    metrics = Metrics()
+    running = await build_server(ledger, Settings(), metrics, address="127.0.0.1:0")
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        yield Service(ledger, metrics, running, channel,
+                      metering_pb2_grpc.MeteringServiceStub(channel))
+    finally:
+        await channel.close()
+        await running.stop(1.0)

@@ -1,0 +1,190 @@
+"""MeteringService through a real gRPC channel: RecordUsage (idempotent, group commit, atomic
+per call, bad input), Authenticate, GetUsage and health."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from intent_embed.v1 import metering_pb2
+from metering.ledger import Ledger
+
+from .conftest import Service
+
+
+def event(
+    event_id: str, org: str, tokens: int = 10, project: str = "", at: dt.datetime | None = None
+) -> metering_pb2.UsageEvent:
+    e = metering_pb2.UsageEvent(
+        event_id=event_id, org_id=org, project_id=project, model="intent-embed", tokens=tokens,
+        inputs=1,
+    )
+    if at is not None:
+        ts = Timestamp()
+        ts.FromDatetime(at)
+        e.at.CopyFrom(ts)
+    return e
+
+
+async def record(service: Service, *events: metering_pb2.UsageEvent) -> tuple[int, int]:
+    reply = await service.stub.RecordUsage(metering_pb2.RecordUsageRequest(events=events))
+    return reply.recorded, reply.duplicates
+
+
+async def usage(service: Service, org: str, **kw: object) -> metering_pb2.GetUsageResponse:
+    return await service.stub.GetUsage(metering_pb2.GetUsageRequest(org_id=org, **kw))
+
+
+async def test_health_is_serving_for_both_names(service: Service) -> None:
+    health = health_pb2_grpc.HealthStub(service.channel)
+    for name in ("", "intent_embed.v1.MeteringService"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_record_usage_counts_retries_as_duplicates(service: Service) -> None:
+    org = service.ledger.create_org("acme", "cus_1").id
+    assert await record(service, event("r1", org, 100), event("r2", org, 50)) == (2, 0)
+    # A client retry of the same request ids: acknowledged, not counted again.
+    assert await record(service, event("r1", org, 100), event("r3", org, 7)) == (1, 1)
+    # The same id twice in one call counts once.
+    assert await record(service, event("r4", org, 1), event("r4", org, 1)) == (1, 1)
+    reply = await usage(service, org)
+    assert (reply.total_tokens, reply.total_requests) == (158, 4)
+
+
+async def test_concurrent_calls_are_committed_together_and_exactly(service: Service) -> None:
+    org = service.ledger.create_org("acme", "cus_1").id
+    calls = [record(service, event(f"e{i}", org, i + 1)) for i in range(200)]
+    # Half of them again, racing their first delivery.
+    calls += [record(service, event(f"e{i}", org, i + 1)) for i in range(0, 200, 2)]
+    results = await asyncio.gather(*calls)
+    assert sum(r for r, _ in results) == 200
+    assert sum(d for _, d in results) == 100
+    reply = await usage(service, org)
+    assert reply.total_tokens == sum(range(1, 201))
+    assert reply.total_requests == 200
+    # Group commit: fewer transactions than calls.
+    groups = service.metrics.group_calls.collect()[0].samples
+    count = next(s.value for s in groups if s.name.endswith("_count"))
+    total = next(s.value for s in groups if s.name.endswith("_sum"))
+    assert total == 300
+    assert count < 300
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (metering_pb2.UsageEvent(org_id="x", tokens=1), "events[1].event_id"),
+        (metering_pb2.UsageEvent(event_id="b", tokens=1), "events[1].org_id"),
+        (metering_pb2.UsageEvent(event_id="b", org_id="x", tokens=2**64 - 1), "events[1].tokens"),
+        (metering_pb2.UsageEvent(event_id="b" * 300, org_id="x", tokens=1), "events[1].event_id"),
+    ],
+)
+async def test_malformed_events_are_refused_and_nothing_is_written(
+    service: Service, bad: metering_pb2.UsageEvent, needle: str
+) -> None:
+    org = service.ledger.create_org("acme", "cus_1").id
+    if bad.org_id == "x":
+        bad.org_id = org
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await record(service, event("good", org, 5), bad)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert needle in (info.value.details() or "")
+    assert (await usage(service, org)).total_tokens == 0
+
+
+async def test_empty_request_is_invalid(service: Service) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.stub.RecordUsage(metering_pb2.RecordUsageRequest())
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_unknown_org_or_foreign_project_fails_only_that_call(service: Service) -> None:
+    org = service.ledger.create_org("acme", "cus_1").id
+    other = service.ledger.create_org("other", "cus_2").id
+    foreign = service.ledger.create_project(other, "theirs").id
+    bad_org = record(service, event("a1", org, 5), event("a2", "org_missing", 5))
+    bad_project = record(service, event("b1", org, 5, project=foreign))
+    good = record(service, event("c1", org, 7))
+    results = await asyncio.gather(bad_org, bad_project, good, return_exceptions=True)
+    for failed, needle in ((results[0], "org_missing"), (results[1], foreign)):
+        assert isinstance(failed, grpc.aio.AioRpcError)
+        assert failed.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert needle in (failed.details() or "")
+    assert results[2] == (1, 0)
+    assert (await usage(service, org)).total_tokens == 7
+    # The refused ids were not stored: sending them again correctly records them.
+    assert await record(service, event("a1", org, 5)) == (1, 0)
+
+
+async def test_usage_per_project_and_day(service: Service) -> None:
+    ledger = service.ledger
+    org = ledger.create_org("acme", "cus_1").id
+    p1 = ledger.create_project(org, "web").id
+    p2 = ledger.create_project(org, "batch").id
+    d1 = dt.datetime(2026, 11, 20, 23, 59, tzinfo=dt.UTC)
+    d2 = dt.datetime(2026, 11, 21, 0, 1, tzinfo=dt.UTC)
+    await record(
+        service, event("1", org, 10, p1, d1), event("2", org, 20, p1, d2),
+        event("3", org, 30, p2, d2), event("4", org, 40, "", d1),
+    )
+    reply = await usage(service, org)
+    buckets = {(b.day, b.project_id): (b.tokens, b.requests) for b in reply.buckets}
+    assert buckets == {
+        ("2026-11-20", ""): (40, 1), ("2026-11-20", p1): (10, 1),
+        ("2026-11-21", p1): (20, 1), ("2026-11-21", p2): (30, 1),
+    }
+    since = Timestamp()
+    since.FromDatetime(dt.datetime(2026, 11, 21, tzinfo=dt.UTC))
+    reply = await usage(service, org, project_id=p1, since=since)
+    assert [(b.day, b.tokens) for b in reply.buckets] == [("2026-11-21", 20)]
+    assert reply.total_tokens == 100  # totals stay all-time: billing is computed from them
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await usage(service, "org_missing")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_authenticate(service: Service) -> None:
+    ledger: Ledger = service.ledger
+    org = ledger.create_org("acme", "cus_1")
+    project = ledger.create_project(org.id, "web")
+    row, key = ledger.create_key(org.id, "ci")
+    reply = await service.stub.Authenticate(metering_pb2.AuthenticateRequest(api_key=key))
+    assert (reply.org_id, reply.org_name, reply.key_id) == (org.id, "acme", row.id)
+    assert reply.billing_ok and reply.billing_state == "ok"
+    assert list(reply.project_ids) == [project.id]
+    assert key.startswith(row.id + "_")  # the visible prefix is the key id
+
+    for wrong in ("", "sk-nope", key[:-1] + ("A" if key[-1] != "A" else "B"), row.id + "_x"):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await service.stub.Authenticate(metering_pb2.AuthenticateRequest(api_key=wrong))
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    ledger.revoke_key(row.id)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await service.stub.Authenticate(metering_pb2.AuthenticateRequest(api_key=key))
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in (info.value.details() or "")
+
+
+async def test_billing_ok_needs_a_customer_and_bounded_unpaid_debt(service: Service) -> None:
+    ledger = service.ledger
+    org = ledger.create_org("acme")
+    _, key = ledger.create_key(org.id)
+    reply = await service.stub.Authenticate(metering_pb2.AuthenticateRequest(api_key=key))
+    assert not reply.billing_ok
+    assert reply.billing_state == "no_payment_method"
+    assert "attach-stripe" in reply.billing_message
+    ledger.attach_stripe(org.id, "cus_9")
+    # $51 owed and nothing paid is over the $50 limit.
+    tokens = (51 * 100_000_000 + 93) // 94
+    await record(service, event("big", org.id, tokens))
+    reply = await service.stub.Authenticate(metering_pb2.AuthenticateRequest(api_key=key))
+    assert not reply.billing_ok
+    assert "$51" in reply.billing_message
