@@ -346,8 +346,8 @@ class BillingWorker:
                 _intent_id_of(exc),
                 "invalid_request",
             )
-        status = str(intent.get("status", ""))
-        intent_id = str(intent.get("id", "")) or None
+        status = str(getattr(intent, "status", "") or "")
+        intent_id = str(getattr(intent, "id", "") or "") or None
         if status == "succeeded":
             return _Outcome(CHARGE_SUCCEEDED, None, intent_id, status)
         if status == "processing":
@@ -434,6 +434,5 @@ class BillingWorker:
 def _intent_id_of(exc: stripe.StripeError) -> str | None:
     error = getattr(exc, "error", None)
     intent = getattr(error, "payment_intent", None) if error is not None else None
-    if intent is None:
-        return None
-    return str(intent.get("id")) if hasattr(intent, "get") else None
+    intent_id = getattr(intent, "id", None) if intent is not None else None
+    return str(intent_id) if intent_id else None

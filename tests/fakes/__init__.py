@@ -1,0 +1,1 @@
+"""Test doubles of outside services (a fake Stripe HTTP API)."""

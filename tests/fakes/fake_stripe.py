@@ -1,0 +1,248 @@
+"""A fake Stripe HTTP API on 127.0.0.1, used through the real ``stripe`` SDK in tests.
+
+It implements what the billing worker touches: customers and PaymentIntents (create with
+confirm, retrieve), Stripe's Idempotency-Key semantics (same key and same body: the first
+answer replayed; same key, other body: an idempotency error), and scripted faults for the next
+PaymentIntent creations: card declines, HTTP 500 before anything happens, and slow answers
+(the intent is created first, the answer comes late: a client that gives up or dies has still
+been charged). Every request is recorded for assertions. Run it in a thread
+(``FakeStripe().start()``) or as a process (``python -m tests.fakes.fake_stripe --port N``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    idempotency_key: str | None
+    params: dict[str, Any]
+    status: int = 0
+    replayed: bool = False
+
+
+@dataclass
+class _Stored:
+    body_key: str
+    status: int
+    answer: dict[str, Any]
+
+
+def _nest(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """Stripe's form encoding (metadata[k]=v) back into nested dicts."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if "[" in key and key.endswith("]"):
+            outer, inner = key[:-1].split("[", 1)
+            out.setdefault(outer, {})[inner] = value
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class FakeStripe:
+    """The fake API; `script` holds what the next PaymentIntent creations do."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    api_key_prefix: str = "sk_test_"
+    requests: list[RecordedRequest] = field(default_factory=list)
+    payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    customers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    declining_customers: set[str] = field(default_factory=set)
+    script: deque[str] = field(default_factory=deque)
+    created: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idempotent: dict[str, _Stored] = {}
+        self._server: ThreadingHTTPServer | None = None
+
+    # ---- control -------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> FakeStripe:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                fake._handle(self, "POST")
+
+            def do_GET(self) -> None:
+                fake._handle(self, "GET")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def then(self, *steps: str) -> None:
+        """Queues behaviours of the next PaymentIntent creations: "decline", "500",
+        "slow:<seconds>" (create, then answer late), "ok"."""
+        self.script.extend(steps)
+
+    def intents_for(self, customer: str) -> list[dict[str, Any]]:
+        return [pi for pi in self.payment_intents.values() if pi["customer"] == customer]
+
+    def posts(self, path: str = "/v1/payment_intents") -> list[RecordedRequest]:
+        return [r for r in self.requests if r.method == "POST" and r.path == path]
+
+    # ---- HTTP ----------------------------------------------------------------------------
+
+    def _handle(self, http: BaseHTTPRequestHandler, method: str) -> None:
+        length = int(http.headers.get("Content-Length") or 0)
+        raw = http.rfile.read(length).decode() if length else ""
+        pairs = parse_qsl(raw, keep_blank_values=True)
+        path = http.path.split("?", 1)[0]
+        key = http.headers.get("Idempotency-Key")
+        record = RecordedRequest(method, path, key, _nest(pairs))
+        with self._lock:
+            self.requests.append(record)
+        auth = http.headers.get("Authorization", "")
+        if not auth.startswith("Bearer " + self.api_key_prefix):
+            self._send(http, record, 401, _error("invalid_request_error", "Invalid API Key"))
+            return
+        body_key = json.dumps([method, path, sorted(pairs)])
+        if method == "POST" and key:
+            with self._lock:
+                stored = self._idempotent.get(key)
+            if stored is not None:
+                if stored.body_key != body_key:
+                    self._send(http, record, 400, _error(
+                        "idempotency_error",
+                        "Keys for idempotent requests can only be used with the same parameters "
+                        "they were first used with.",
+                    ))
+                    return
+                record.replayed = True
+                self._send(http, record, stored.status, stored.answer, replayed=True)
+                return
+        status, answer, delay, store = self._route(method, path, record.params)
+        if store and method == "POST" and key:
+            with self._lock:
+                self._idempotent[key] = _Stored(body_key, status, answer)
+        if delay:
+            time.sleep(delay)
+        self._send(http, record, status, answer)
+
+    def _route(
+        self, method: str, path: str, params: dict[str, Any]
+    ) -> tuple[int, dict[str, Any], float, bool]:
+        parts = [p for p in path.split("/") if p]
+        if parts[:2] == ["v1", "customers"]:
+            if method == "POST" and len(parts) == 2:
+                cus = {"id": "cus_" + secrets.token_hex(7), "object": "customer",
+                       "email": params.get("email"), "metadata": params.get("metadata", {})}
+                self.customers[cus["id"]] = cus
+                return 200, cus, 0.0, True
+            if method == "GET" and len(parts) == 3 and parts[2] in self.customers:
+                return 200, self.customers[parts[2]], 0.0, False
+            return 404, _error("invalid_request_error", "No such customer"), 0.0, False
+        if parts[:2] == ["v1", "payment_intents"]:
+            if method == "GET" and len(parts) == 3:
+                pi = self.payment_intents.get(parts[2])
+                if pi is None:
+                    return 404, _error("invalid_request_error", "No such payment_intent"), 0, False
+                return 200, pi, 0.0, False
+            if method == "POST" and len(parts) == 2:
+                return self._create_intent(params)
+        return 404, _error("invalid_request_error", f"Unrecognized request URL {path}"), 0, False
+
+    def _create_intent(self, params: dict[str, Any]) -> tuple[int, dict[str, Any], float, bool]:
+        with self._lock:
+            step = self.script.popleft() if self.script else "ok"
+        if step == "500":
+            # Fails before anything is created, and is not stored: a resend is processed.
+            return 500, _error("api_error", "Something went wrong on Stripe's end."), 0.0, False
+        try:
+            amount = int(params["amount"])
+        except (KeyError, ValueError):
+            return 400, _error("invalid_request_error", "Missing required param: amount."), 0, True
+        customer = str(params.get("customer", ""))
+        declined = step == "decline" or customer in self.declining_customers
+        pi = {
+            "id": "pi_" + secrets.token_hex(8),
+            "object": "payment_intent",
+            "amount": amount,
+            "currency": params.get("currency"),
+            "customer": customer,
+            "confirm": params.get("confirm") == "true",
+            "off_session": params.get("off_session") == "true",
+            "metadata": params.get("metadata", {}),
+            "description": params.get("description"),
+            "status": "requires_payment_method" if declined else "succeeded",
+            "created": int(time.time()),
+        }
+        with self._lock:
+            self.payment_intents[pi["id"]] = pi
+        self.created.set()
+        delay = float(step.split(":", 1)[1]) if step.startswith("slow:") else 0.0
+        if declined:
+            error = _error("card_error", "Your card was declined.")
+            error["error"].update(code="card_declined", decline_code="generic_decline",
+                                  payment_intent=pi)
+            return 402, error, delay, True
+        return 200, pi, delay, True
+
+    def _send(
+        self, http: BaseHTTPRequestHandler, record: RecordedRequest, status: int,
+        answer: dict[str, Any], replayed: bool = False,
+    ) -> None:
+        record.status = status
+        data = json.dumps(answer).encode()
+        try:
+            http.send_response(status)
+            http.send_header("Content-Type", "application/json")
+            http.send_header("Content-Length", str(len(data)))
+            http.send_header("Request-Id", "req_" + secrets.token_hex(6))
+            if replayed:
+                http.send_header("Idempotent-Replayed", "true")
+            if status == 500:
+                # Real Stripe sends this on 500s it did not process: the SDK may resend.
+                http.send_header("Stripe-Should-Retry", "true")
+            http.end_headers()
+            http.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout) or died; Stripe's side is done anyway
+
+
+def _error(kind: str, message: str) -> dict[str, Any]:
+    return {"error": {"type": kind, "message": message}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="fake Stripe API for tests")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    fake = FakeStripe(port=args.port).start()
+    print(fake.base_url, flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+"""The billing worker against the fake Stripe API through the real stripe SDK: whole-dollar
+amounts from cumulative tokens, exactly-once charges, declines, 500s, timeouts, Stripe off."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import logging
+import random
+from collections.abc import Iterator
+
+import pytest
+import stripe
+
+from metering.billing import BillingConfig, BillingWorker
+from metering.ledger import Event, Ledger, Recorded
+from metering.models import utcnow
+from metering.pricing import owed_dollars
+from tests.fakes.fake_stripe import FakeStripe
+
+KEY = "sk_test_metering"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeStripe]:
+    server = FakeStripe().start()
+    yield server
+    server.stop()
+
+
+def worker(ledger: Ledger, fake: FakeStripe | None, **kw: object) -> BillingWorker:
+    config = BillingConfig(
+        stripe_api_key=KEY if fake is not None else "",
+        stripe_api_base=fake.base_url if fake is not None else "http://127.0.0.1:9",
+        stripe_timeout_s=float(kw.pop("timeout", 5.0)),  # type: ignore[arg-type]
+        stripe_max_retries=int(kw.pop("retries", 2)),  # type: ignore[call-overload]
+        retry_base_s=float(kw.pop("retry_base_s", 0.0)) or 0.001,  # type: ignore[arg-type]
+        retry_max_s=1.0,
+    )
+    return BillingWorker(ledger.engine, config)
+
+
+_counter = iter(range(10**9))
+
+
+def use(ledger: Ledger, org: str, *tokens: int, project: str = "") -> None:
+    events = [
+        Event(f"ev{next(_counter)}", org, project, "intent-embed", t, 1, utcnow()) for t in tokens
+    ]
+    (result,) = ledger.record_calls([events])
+    assert isinstance(result, Recorded) and result.recorded == len(tokens)
+
+
+def charged(ledger: Ledger, org: str) -> int:
+    return ledger.usage(org).charged_dollars
+
+
+def test_five_million_tokens_is_exactly_four_dollars(ledger: Ledger, fake: FakeStripe) -> None:
+    org = ledger.create_org("acme", "cus_acme").id
+    web = ledger.create_project(org, "web").id
+    use(ledger, org, 3_000_000, project=web)
+    use(ledger, org, 2_000_000)
+    report = worker(ledger, fake).run_once()
+    assert report.created == [f"{org}-1"] and report.succeeded == [f"{org}-1"]
+    (pi,) = fake.intents_for("cus_acme")
+    assert (pi["amount"], pi["currency"], pi["status"]) == (400, "usd", "succeeded")
+    assert pi["confirm"] and pi["off_session"]
+    meta = pi["metadata"]
+    assert (meta["tokens_from"], meta["tokens_to"]) == ("0", "5000000")
+    assert meta[f"project:{web}"] == "3000000" and meta["project:none"] == "2000000"
+    (post,) = fake.posts()
+    assert post.idempotency_key == f"{org}-1"
+    usage = ledger.usage(org)
+    assert (usage.owed_dollars, usage.charged_dollars, usage.pending_dollars) == (4, 4, 0)
+    # Nothing new owed: a second run charges nothing.
+    assert worker(ledger, fake).run_once().created == []
+    assert len(fake.payment_intents) == 1
+
+
+def test_one_token_crosses_the_first_dollar(ledger: Ledger, fake: FakeStripe) -> None:
+    org = ledger.create_org("acme", "cus_acme").id
+    use(ledger, org, 1_063_829)
+    assert worker(ledger, fake).run_once().created == []
+    assert fake.posts() == []
+    use(ledger, org, 1)
+    worker(ledger, fake).run_once()
+    (pi,) = fake.intents_for("cus_acme")
+    assert pi["amount"] == 100
+    meta = pi["metadata"]
+    assert (meta["tokens_from"], meta["tokens_to"]) == ("0", "1063830")
+
+
+def test_many_small_requests_are_billed_from_the_exact_sum(
+    ledger: Ledger, fake: FakeStripe
+) -> None:
+    org = ledger.create_org("acme", "cus_acme").id
+    # 20,000 requests of 107 tokens: each costs 0.01 cents, rounded per request it would be $0.
+    use(ledger, org, *([107] * 20_000))
+    worker(ledger, fake).run_once()
+    assert ledger.usage(org).total_tokens == 2_140_000
+    assert charged(ledger, org) == 2 == owed_dollars(2_140_000)
+
+
+def test_charges_always_equal_the_floor_of_cumulative_cost(
+    ledger: Ledger, fake: FakeStripe
+) -> None:
+    rng = random.Random(7)
+    org = ledger.create_org("acme", "cus_acme").id
+    bill = worker(ledger, fake)
+    total = 0
+    for _ in range(25):
+        batch = [rng.randint(0, 400_000) for _ in range(rng.randint(1, 8))]
+        use(ledger, org, *batch)
+        total += sum(batch)
+        if rng.random() < 0.6:
+            bill.run_once()
+            assert charged(ledger, org) == total * 94 // 100_000_000
+    bill.run_once()
+    assert charged(ledger, org) == owed_dollars(total)
+    intents = fake.intents_for("cus_acme")
+    assert sum(pi["amount"] for pi in intents) == 100 * owed_dollars(total)
+    # Token ranges chain without gap or overlap.
+    charges = ledger.list_charges(org)
+    assert [c.seq for c in charges] == list(range(1, len(charges) + 1))
+    for before, after in itertools.pairwise(charges):
+        assert after.tokens_from == before.tokens_to
+
+
+def test_without_stripe_key_charges_stay_pending_and_logs_say_so(
+    ledger: Ledger, fake: FakeStripe, caplog: pytest.LogCaptureFixture
+) -> None:
+    org = ledger.create_org("acme", "cus_acme").id
+    use(ledger, org, 5_000_000)
+    with caplog.at_level(logging.WARNING, logger="metering.billing"):
+        report = worker(ledger, None).run_once()
+    assert report.still_pending == [f"{org}-1"]
+    assert "METERING_STRIPE_API_KEY" in caplog.text
+    usage = ledger.usage(org)
+    assert (usage.charged_dollars, usage.pending_dollars) == (0, 4)
+    # Turned on later: the pending charge is sent with its own key, nothing more.
+    use(ledger, org, 2_000_000)
+    report = worker(ledger, fake).run_once()
+    assert report.succeeded == [f"{org}-1"]
+    assert [p.idempotency_key for p in fake.posts()] == [f"{org}-1"]
+    worker(ledger, fake).run_once()
+    assert charged(ledger, org) == owed_dollars(7_000_000) == 6
+    assert [pi["amount"] for pi in fake.intents_for("cus_acme")] == [400, 200]
+
+
+def test_org_without_customer_is_not_charged_but_keeps_its_debt(
+    ledger: Ledger, fake: FakeStripe
+) -> None:
+    org = ledger.create_org("acme").id
+    use(ledger, org, 5_000_000)
+    assert worker(ledger, fake).run_once().created == []
+    assert ledger.usage(org).owed_dollars == 4
+    ledger.attach_stripe(org, "cus_late")
+    worker(ledger, fake).run_once()
+    assert [pi["amount"] for pi in fake.intents_for("cus_late")] == [400]
+
+
+def test_decline_marks_past_due_keeps_debt_and_retries(ledger: Ledger, fake: FakeStripe) -> None:
+    org = ledger.create_org("acme", "cus_acme").id
+    _, key = ledger.create_key(org)
+    use(ledger, org, 5_000_000)
+    fake.then("decline")
+    report = worker(ledger, fake, retry_base_s=60).run_once()
+    assert report.failed == [f"{org}-1"]
+    (charge,) = ledger.list_charges(org)
+    assert charge.state == "failed" and "declined" in (charge.error or "")
+    auth = ledger.authenticate(key)
+    assert auth.billing.state == "past_due" and "past due" in auth.billing.message
+    # Inside the retry pause nothing is attempted; the debt is still owed.
+    assert worker(ledger, fake).run_once().created == []
+    assert ledger.usage(org).owed_dollars == 4 and charged(ledger, org) == 0
+    # After the pause the same dollars are charged again, as a new charge.
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE orgs SET billing_retry_at = NULL")
+    report = worker(ledger, fake).run_once()
+    assert report.succeeded == [f"{org}-2"]
+    assert charged(ledger, org) == 4
+    assert ledger.authenticate(key).billing.state == "ok"
+
+
+def test_stripe_500_is_resent_with_the_same_key(ledger: Ledger, fake: FakeStripe) -> None:
+    org = ledger.create_org("acme", "cus_acme").id
+    use(ledger, org, 5_000_000)
+    fake.then("500")
+    report = worker(ledger, fake).run_once()
+    assert report.succeeded == [f"{org}-1"]
+    posts = fake.posts()
+    assert [p.status for p in posts] == [500, 200]
+    assert {p.idempotency_key for p in posts} == {f"{org}-1"}
+    assert len(fake.payment_intents) == 1
+
+
+def test_stripe_down_leaves_charge_pending_then_sends_it_once(
+    ledger: Ledger, fake: FakeStripe
+) -> None:
+    org = ledger.create_org("acme", "cus_acme").id
+    use(ledger, org, 5_000_000)
+    fake.then("500", "500", "500")
+    report = worker(ledger, fake, retries=2).run_once()
+    assert report.still_pending == [f"{org}-1"]
+    (charge,) = ledger.list_charges(org)
+    assert charge.state == "pending" and "APIError" in (charge.error or "")
+    assert charge.next_attempt_at is not None
+    assert ledger.usage(org).pending_dollars == 4
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE charges SET next_attempt_at = NULL")
+    use(ledger, org, 3_000_000)  # more usage while pending: not mixed into the pending charge
+    report = worker(ledger, fake).run_once()
+    assert report.succeeded == [f"{org}-1"]
+    assert {p.idempotency_key for p in fake.posts()} == {f"{org}-1"}
+    worker(ledger, fake).run_once()
+    assert [pi["amount"] for pi in fake.intents_for("cus_acme")] == [400, 300]
+
+
+def test_timeout_is_resent_with_the_same_key_and_charges_once(
+    ledger: Ledger, fake: FakeStripe
+) -> None:
+    org = ledger.create_org("acme", "cus_acme").id
+    use(ledger, org, 5_000_000)
+    fake.then("slow:2.0")
+    report = worker(ledger, fake, timeout=0.5).run_once()
+    assert report.succeeded == [f"{org}-1"]
+    posts = fake.posts()
+    assert len(posts) >= 2 and posts[-1].replayed
+    assert len(fake.payment_intents) == 1
+
+
+def test_fake_stripe_idempotency(fake: FakeStripe) -> None:
+    client = stripe.StripeClient(KEY, base_addresses={"api": fake.base_url})
+    params = {"amount": 100, "currency": "usd", "customer": "cus_x", "confirm": True}
+    first = client.v1.payment_intents.create(params, {"idempotency_key": "k1"})  # type: ignore[arg-type]
+    again = client.v1.payment_intents.create(params, {"idempotency_key": "k1"})  # type: ignore[arg-type]
+    assert first.id == again.id and len(fake.payment_intents) == 1
+    with pytest.raises(stripe.IdempotencyError):
+        client.v1.payment_intents.create(
+            {**params, "amount": 200}, {"idempotency_key": "k1"}  # type: ignore[arg-type]
+        )
+    with pytest.raises(stripe.AuthenticationError):
+        other = stripe.StripeClient("sk_live_x", base_addresses={"api": fake.base_url})
+        other.v1.customers.create()
+    assert client.v1.customers.create().id.startswith("cus_")
+
+
+def test_usage_at_is_kept_in_utc(ledger: Ledger) -> None:
+    org = ledger.create_org("acme").id
+    at = dt.datetime(2026, 1, 1, 0, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
+    ledger.record_calls([[Event("tz", org, "", "m", 5, 1, at)]])
+    assert [b.day for b in ledger.usage(org).buckets] == ["2025-12-31"]
