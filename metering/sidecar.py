@@ -420,21 +420,25 @@ async def serve(settings: SidecarSettings) -> int:
         dedup_window_s=settings.spool_dedup_window_s,
     )
     metrics = SidecarMetrics(spool)
-    metrics_server, metrics_thread = start_http_server(
-        settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         sidecar = await start_sidecar(settings, metrics, spool)
-        await stop.wait()
-        log.info("signal received, draining grace_s=%.1f", settings.shutdown_grace_s)
-        left = await shutdown(sidecar, settings.shutdown_grace_s)
+        # /metrics answers only once gRPC serves: the gRPC port is on localhost, out of the
+        # kubelet's reach, so the pod's probes of this container use the metrics port.
+        metrics_server, metrics_thread = start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
+        try:
+            await stop.wait()
+            log.info("signal received, draining grace_s=%.1f", settings.shutdown_grace_s)
+            left = await shutdown(sidecar, settings.shutdown_grace_s)
+        finally:
+            metrics_server.shutdown()
+            metrics_thread.join(timeout=5)
     finally:
-        metrics_server.shutdown()
-        metrics_thread.join(timeout=5)
         spool.close()
     return 0 if left == 0 else 3
 
