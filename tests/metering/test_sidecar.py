@@ -8,6 +8,7 @@ started with ``python -m metering sidecar`` and killed with real signals.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -105,11 +106,7 @@ async def central() -> AsyncIterator[FakeCentral]:
 
 
 def sidecar_command() -> list[str]:
-    # `python -m metering sidecar` is the documented entry point; until the metering
-    # package's __main__ exists, the module runs itself the same way.
-    if (REPO_ROOT / "metering" / "__main__.py").exists():
-        return [sys.executable, "-m", "metering", "sidecar"]
-    return [sys.executable, "-m", "metering.sidecar"]
+    return [sys.executable, "-m", "metering", "sidecar"]
 
 
 class SidecarProcess:
@@ -411,3 +408,107 @@ async def test_malformed_calls_and_central_only_methods_are_refused(
     with pytest.raises(grpc.aio.AioRpcError) as usage:
         await sidecar.stub.GetUsage(metering_pb2.GetUsageRequest(org_id="o"), timeout=5)
     assert usage.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# -- against the real central service ----------------------------------------------------
+
+
+class CentralProcess:
+    """`python -m metering` on a SQLite ledger, as the sidecar meets it in production."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = tmp_path / "central.log"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
+        self.env.update({
+            "METERING_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+            "METERING_HOST": "127.0.0.1",
+            "METERING_PORT": str(self.port),
+            "METERING_METRICS_PORT": str(free_port()),
+            "METERING_BILL_INTERVAL_S": "0",
+        })
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def run(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "metering", *args], cwd=REPO_ROOT, env=self.env,
+            capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with self.log_path.open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "metering"], cwd=REPO_ROOT, env=self.env,
+                stdout=log, stderr=log,
+            )
+
+    async def start(self) -> None:
+        self.process = await asyncio.to_thread(self._spawn)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                assert self.process.poll() is None, self.log_path.read_text()
+                try:
+                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.aio.AioRpcError:
+                    pass
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"central not serving:\n{self.log_path.read_text()}")
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        await asyncio.to_thread(self.process.wait, 10)
+
+    async def usage(self, org_id: str) -> metering_pb2.GetUsageResponse:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            reply: metering_pb2.GetUsageResponse = await metering_pb2_grpc.MeteringServiceStub(
+                channel
+            ).GetUsage(metering_pb2.GetUsageRequest(org_id=org_id), timeout=5)
+            return reply
+
+
+@pytest.fixture
+async def real_central(tmp_path: Path) -> AsyncIterator[CentralProcess]:
+    central = CentralProcess(tmp_path)
+    central.run("migrate")
+    yield central
+    if central.process is not None and central.process.poll() is None:
+        central.process.kill()
+        central.process.wait(10)
+
+
+async def test_real_central_outage_usage_arrives_once_and_unknown_orgs_are_dead_lettered(
+    real_central: CentralProcess, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    org = json.loads(real_central.run("admin", "create-org", "--name", "acme", "--json"))["org_id"]
+    await real_central.start()
+    sidecar = sidecars(real_central.port, forward_batch=20)
+    await sidecar.start()
+
+    tokens = 0
+    for i in range(10):
+        await sidecar.record(event(f"before-{i}", tokens=i + 1, org=org))
+        tokens += i + 1
+    await real_central.kill()
+    for i in range(30):  # central is down: still acked, from the spool
+        await sidecar.record(event(f"during-{i}", tokens=100 + i, org=org))
+        tokens += 100 + i
+    await sidecar.record(event("stray", org="org-that-does-not-exist"))
+    # A retry of an answered request (same id) must not be billed twice.
+    assert (await sidecar.record(event("during-5", tokens=105, org=org))).duplicates == 1
+    await real_central.start()
+
+    await metric_reaches(sidecar, "metering_sidecar_spool_depth", 0, within_s=30)
+    usage = await real_central.usage(org)
+    assert (usage.total_tokens, usage.total_requests) == (tokens, 40)
+    # The real ledger answers FAILED_PRECONDITION for the unknown org: parked, not retried.
+    assert await sidecar.metric("metering_sidecar_dead_letters_total") == 1
+    assert await sidecar.metric(
+        "metering_sidecar_forward_errors_total", {"code": "FAILED_PRECONDITION"}
+    ) >= 1
