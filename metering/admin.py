@@ -17,7 +17,6 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from metering.billing import BillingWorker, config_from
 from metering.database import make_engine
 from metering.ledger import Ledger, LedgerError, charge_as_dict, org_as_dict
 from metering.settings import Settings
@@ -129,14 +128,19 @@ def run_command(args: argparse.Namespace, settings: Settings) -> Any:
             "list-keys": lambda: [_key(k) for k in ledger.list_keys(args.org)],
             "usage": lambda: ledger.usage(args.org, args.project, _since(args.since)).as_dict(),
             "charges": lambda: [charge_as_dict(c) for c in ledger.list_charges(args.org)],
-            "bill-now": lambda: (
-                BillingWorker(engine, config_from(settings)).run_once().as_dict()
-            ),
+            "bill-now": lambda: _bill_now(engine, settings),
             "ensure-demo": lambda: ledger.ensure_demo(args.key_file),
         }
         return handlers[args.command]()
     finally:
         engine.dispose()
+
+
+def _bill_now(engine: Any, settings: Settings) -> Any:
+    # Imported here: the stripe SDK is slow to import and only this command needs it.
+    from metering.billing import BillingWorker, config_from
+
+    return BillingWorker(engine, config_from(settings)).run_once().as_dict()
 
 
 def _project(p: Any) -> dict[str, Any]:

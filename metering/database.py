@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import create_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger("metering.database")
 
@@ -61,6 +62,9 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
 
 
 def alembic_config(url: str) -> Config:
+    # Imported here: alembic is only needed to migrate, and the admin CLI starts faster.
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     # Alembic's config is an ini parser: a literal % in a URL (encoded options) must be doubled.
@@ -70,6 +74,8 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Brings the schema at `url` to the newest revision (idempotent)."""
+    from alembic import command
+
     engine = make_engine(url, pool_size=1)
     try:
         with engine.begin() as connection:
