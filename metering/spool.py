@@ -103,9 +103,9 @@ class Spool:
         self._conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         for statement in _SCHEMA:
             self._conn.execute(statement)
-        self._depth = int(self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-        self._dead = int(self._conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
-        self._oldest = self._read_oldest()
+        self._depth = self._dead = 0
+        self._oldest: float | None = None
+        self._recount()
         log.info(
             "spool opened path=%s depth=%d dead_letters=%d synchronous=%s",
             self.path, self._depth, self._dead, synchronous,
@@ -184,8 +184,7 @@ class Spool:
                 self._conn.execute(
                     "DELETE FROM forwarded WHERE forwarded_at < ?", (now - self.dedup_window_s,)
                 )
-            self._depth -= removed
-            self._oldest = self._read_oldest()
+            self._recount()
         return removed
 
     def dead_letter(self, event: SpooledEvent, code: str, reason: str) -> None:
@@ -198,12 +197,8 @@ class Spool:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     (event.event_id, event.payload, event.spooled_at, time.time(), code, reason),
                 )
-                removed = self._delete([event.event_id])
-            self._depth -= removed
-            self._dead = int(
-                self._conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
-            )
-            self._oldest = self._read_oldest()
+                self._delete([event.event_id])
+            self._recount()
 
     def dead_letters(self) -> list[tuple[str, str, str]]:
         """``(event_id, code, reason)`` of every dead-lettered event, for operators and tests."""
@@ -234,9 +229,13 @@ class Spool:
             removed += cursor.rowcount
         return removed
 
-    def _read_oldest(self) -> float | None:
+    def _recount(self) -> None:
+        # Counted from the file after every removal (once per forwarded batch, not per
+        # append), so rows an operator moved by hand (a dead-letter requeue) are seen too.
+        self._depth = int(self._conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        self._dead = int(self._conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
         row = self._conn.execute("SELECT spooled_at FROM events ORDER BY seq LIMIT 1").fetchone()
-        return None if row is None else float(row[0])
+        self._oldest = None if row is None else float(row[0])
 
 
 class _Transaction:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from metering.spool import Spool, SpoolFullError
+
+REQUEUE_SQL = """
+INSERT INTO events (event_id, payload, spooled_at)
+    SELECT event_id, payload, spooled_at FROM dead_letters;
+DELETE FROM dead_letters;
+"""
 
 
 def events(*ids: str) -> list[tuple[str, bytes]]:
@@ -80,3 +87,18 @@ def test_acking_everything_empties_the_spool(tmp_path: Path) -> None:
     spool.append(events("a", "b"))
     assert spool.ack(["a", "b", "unknown"]) == 2
     assert spool.depth == 0 and spool.oldest_spooled_at is None and spool.peek(10) == []
+
+
+def test_dead_letters_requeued_by_hand_are_forwarded_and_counted(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=10)
+    spool.append(events("a", "bad"))
+    spool.dead_letter(spool.peek(10)[1], "FAILED_PRECONDITION", "unknown org")
+    # What docs/operations.md tells an operator to run once the cause is fixed, while the
+    # sidecar keeps running (its own connection stays open).
+    operator = sqlite3.connect(tmp_path / "spool.db")
+    with operator:
+        operator.executescript(REQUEUE_SQL)
+    operator.close()
+    assert [e.event_id for e in spool.peek(10)] == ["a", "bad"]
+    assert spool.ack(["a", "bad"]) == 2
+    assert (spool.depth, spool.dead_letter_count) == (0, 0)
