@@ -312,7 +312,7 @@ def ensure_wrk(report: Any) -> bool:
 
 def run(report: Any) -> None:
     """The REST section of `python -m bench`."""
-    _say(report, "== REST gateway (wrk) vs gRPC vs raw model; one CLINC150 query per request ==")
+    _say(report, "REST gateway (wrk) vs gRPC vs raw model; one CLINC150 query per request")
     _say(report, "  note: 2 shared cores; the load generators compete with the servers for CPU")
     queries = load_queries()
     raw_p50, raw_rate, dtype = raw_model(queries)

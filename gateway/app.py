@@ -97,6 +97,7 @@ class EmbeddingsHandler:
         self.metrics = metrics
         self.upstreams: Upstreams | None = None
         self.auth: Authenticator | None = None
+        self.inflight = 0
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -113,6 +114,17 @@ class EmbeddingsHandler:
         return b"".join(chunks)
 
     async def __call__(self, request: Request, with_embeddings_field: bool) -> Response:
+        # Past the limit, shed load at once: a queue of waiting requests would only turn
+        # into client timeouts and memory held for bodies nobody waits for any more.
+        if self.inflight >= self.settings.max_inflight:
+            return error_response(_overloaded(self.settings.retry_after_s))
+        self.inflight += 1
+        try:
+            return await self._answer(request, with_embeddings_field)
+        finally:
+            self.inflight -= 1
+
+    async def _answer(self, request: Request, with_embeddings_field: bool) -> Response:
         request_id = str(uuid.uuid4())
         start = time.monotonic()
         try:
@@ -232,6 +244,16 @@ class HotPathMiddleware:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _overloaded(retry_after_s: int) -> ApiError:
+    return ApiError(
+        429,
+        "The gateway is at capacity; retry after the Retry-After delay.",
+        type_="rate_limit_error",
+        code="server_overloaded",
+        headers={"Retry-After": str(retry_after_s)},
+    )
 
 
 def _too_large(limit: int) -> ApiError:

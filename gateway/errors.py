@@ -12,9 +12,9 @@ from collections.abc import Mapping
 import grpc
 import orjson
 
-# Where the embed service's message names an input ("input 3: ..."/"inputs[3]"), the
-# OpenAI `param` points at the request field the caller must fix.
-_PARAM_HINTS = (("dimensions", "dimensions"), ("truncate", "truncate"), ("input", "input"))
+# The embed service's messages start with what is wrong ("dimensions is 999; ...", "input 3
+# has 400 tokens; ... set truncate to cut it"); OpenAI's `param` names the request field to fix.
+_PARAM_HINTS = (("dimensions", "dimensions"), ("input", "input"), ("token", "input"))
 
 
 class ApiError(Exception):

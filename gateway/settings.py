@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1, description="largest request body (413)"
     )
+    max_inflight: int = Field(
+        default=1024,
+        ge=1,
+        description="embedding requests in progress before new ones get 429 (memory bound)",
+    )
     max_inputs: int = Field(default=2048, ge=1, description="most inputs in one request")
     embed_timeout_s: float = Field(default=30.0, gt=0, description="deadline of one Embed call")
     metering_timeout_s: float = Field(

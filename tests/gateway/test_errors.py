@@ -170,6 +170,7 @@ def test_too_many_inputs_and_tokens(gateway: GatewayServer) -> None:
 def test_too_long_input_names_index_and_truncate(gateway: GatewayServer) -> None:
     err = error_of(post(gateway, {"input": ["ok", "word " * 400], "model": "intent-embed"}), 400)
     assert "input 1" in err["message"] and "truncate" in err["message"]
+    assert err["param"] == "input"
     cut = post(gateway, {"input": "word " * 400, "model": "intent-embed", "truncate": True})
     assert cut.status_code == 200 and cut.json()["usage"]["prompt_tokens"] == 256
 
@@ -259,3 +260,19 @@ def test_unknown_routes_and_methods_in_openai_shape(gateway: GatewayServer) -> N
     assert error_of(requests.get(gateway.url + "/v2/nothing", timeout=10), 404)
     assert error_of(requests.get(gateway.url + "/v2/embeddings", timeout=10), 405)
     assert error_of(requests.get(gateway.url + "/v2/models/%00", timeout=10), 404)
+
+
+def test_gateway_sheds_load_past_max_inflight_with_429(fakes: Fakes) -> None:
+    import concurrent.futures
+
+    with GatewayServer(fakes.settings(max_inflight=2)) as gw:
+        fakes.script.embed_delay_s = 0.5
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            replies = list(
+                pool.map(lambda _: post(gw, {"input": "hi", "model": "intent-embed"}), range(6))
+            )
+        statuses = sorted(r.status_code for r in replies)
+        assert statuses.count(200) >= 2 and set(statuses) == {200, 429}, statuses
+        shed = next(r for r in replies if r.status_code == 429)
+        assert shed.headers["retry-after"] == "1"
+        assert error_of(shed, 429)["code"] == "server_overloaded"
