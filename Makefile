@@ -39,5 +39,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy embed_service metering gateway intent_model devstack bench
 
+# The intent model: fine-tune on CLINC150 train, then evaluate on CLINC150 test.
+INTENT_MODEL ?= models/intent-minilm
+train-intent: $(STAMP)
+	$(PY) -m intent_model.train --out $(INTENT_MODEL)
+	$(PY) -m intent_model.eval $(INTENT_MODEL) --json $(INTENT_MODEL)/eval.json
+
+eval-intent: $(STAMP)
+	$(PY) -m intent_model.eval $(INTENT_MODEL) --json $(INTENT_MODEL)/eval.json
+
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache
