@@ -282,6 +282,7 @@ def create_app(
             timeout_s=settings.metering_timeout_s,
             max_keys=settings.auth_cache_max_keys,
             retry_after_s=settings.retry_after_s,
+            on_upstream_error=lambda code: metrics.upstream_errors.labels("metering", code).inc(),
         )
         app.state.upstreams = upstreams
         app.state.auth = handler.auth

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -49,6 +50,7 @@ class Authenticator:
         timeout_s: float,
         max_keys: int,
         retry_after_s: int,
+        on_upstream_error: Callable[[str], None] = lambda code: None,
     ) -> None:
         self._stub = stub
         self._ttl_s = ttl_s
@@ -56,6 +58,7 @@ class Authenticator:
         self._timeout_s = timeout_s
         self._max_keys = max_keys
         self._retry_after_s = retry_after_s
+        self._on_upstream_error = on_upstream_error
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[Caller | ApiError]] = {}
         self.lookups = 0  # Authenticate calls made; tests and metrics read it
@@ -116,6 +119,7 @@ class Authenticator:
         except grpc.aio.AioRpcError as err:
             if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT):
                 return _invalid_key()
+            self._on_upstream_error(err.code().name)
             log.warning("auth_upstream_error code=%s", err.code().name)
             raise from_upstream(err, "metering", self._retry_after_s) from None
         return Caller(
