@@ -93,6 +93,9 @@ class Authenticator:
         self._pending[digest] = future
         try:
             result = await self._lookup(key)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
             # Nobody may be waiting; retrieving the exception keeps asyncio from logging it.

@@ -280,3 +280,17 @@ def test_gateway_sheds_load_past_max_inflight_with_429(fakes: Fakes) -> None:
         shed = next(r for r in replies if r.status_code == 429)
         assert shed.headers["retry-after"] == "1"
         assert error_of(shed, 429)["code"] == "server_overloaded"
+
+
+def test_concurrent_first_requests_share_one_authenticate(fakes: Fakes) -> None:
+    import concurrent.futures
+
+    with GatewayServer(fakes.settings()) as gw:
+        fakes.script.embed_delay_s = 0.05
+        before = fakes.metering.auth_calls
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            replies = list(
+                pool.map(lambda _: post(gw, {"input": "hi", "model": "intent-embed"}), range(16))
+            )
+        assert [r.status_code for r in replies] == [200] * 16
+        assert fakes.metering.auth_calls - before <= 2  # threads may start a little apart
