@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         "http": "httptools",
         "lifespan": "on",
         "access_log": False,
+        # Client addresses are never used (not logged, not limited on), so skip parsing
+        # X-Forwarded-For on every request.
+        "proxy_headers": False,
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
         "timeout_keep_alive": 30,
