@@ -137,28 +137,49 @@ class Spool:
 
         Raises SpoolFullError (writing nothing) when the new events do not fit.
         """
+        (result,) = self.append_many([events])
+        if isinstance(result, SpoolFullError):
+            raise result
+        return result
+
+    def append_many(
+        self, calls: Sequence[Sequence[tuple[str, bytes]]]
+    ) -> list[AppendResult | SpoolFullError]:
+        """Several callers' appends in one transaction and one fsync (group commit).
+
+        Each call stays all-or-nothing: one that does not fit gets a SpoolFullError and
+        writes nothing, the others are stored, in order.
+        """
         now = time.time()
-        with self._lock, self._transaction():
-            fresh: dict[str, bytes] = {}
-            duplicates = 0
-            for event_id, payload in events:
-                if event_id in fresh or self._known(event_id):
-                    duplicates += 1
-                else:
-                    fresh[event_id] = payload
-            if self._depth + len(fresh) > self.max_events:
-                raise SpoolFullError(
-                    f"spool holds {self._depth} of {self.max_events} events; "
-                    f"{len(fresh)} more do not fit"
+        results: list[AppendResult | SpoolFullError] = []
+        with self._lock:
+            with self._transaction():
+                stored: set[str] = set()
+                rows: list[tuple[str, bytes, float]] = []
+                for events in calls:
+                    fresh: dict[str, bytes] = {}
+                    duplicates = 0
+                    for event_id, payload in events:
+                        if event_id in fresh or event_id in stored or self._known(event_id):
+                            duplicates += 1
+                        else:
+                            fresh[event_id] = payload
+                    if self._depth + len(rows) + len(fresh) > self.max_events:
+                        results.append(SpoolFullError(
+                            f"spool holds {self._depth + len(rows)} of {self.max_events} "
+                            f"events; {len(fresh)} more do not fit"
+                        ))
+                        continue
+                    stored.update(fresh)
+                    rows.extend((event_id, payload, now) for event_id, payload in fresh.items())
+                    results.append(AppendResult(recorded=len(fresh), duplicates=duplicates))
+                self._conn.executemany(
+                    "INSERT INTO events (event_id, payload, spooled_at) VALUES (?, ?, ?)", rows
                 )
-            self._conn.executemany(
-                "INSERT INTO events (event_id, payload, spooled_at) VALUES (?, ?, ?)",
-                [(event_id, payload, now) for event_id, payload in fresh.items()],
-            )
-        self._depth += len(fresh)
-        if fresh and self._oldest is None:
-            self._oldest = now
-        return AppendResult(recorded=len(fresh), duplicates=duplicates)
+            self._depth += len(rows)
+            if rows and self._oldest is None:
+                self._oldest = now
+        return results
 
     def peek(self, limit: int) -> list[SpooledEvent]:
         """The oldest ``limit`` events, in arrival order; they stay spooled until acked."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from metering.spool import Spool, SpoolFullError
+from metering.spool import AppendResult, Spool, SpoolFullError
 
 REQUEUE_SQL = """
 INSERT INTO events (event_id, payload, spooled_at)
@@ -102,3 +102,20 @@ def test_dead_letters_requeued_by_hand_are_forwarded_and_counted(tmp_path: Path)
     assert [e.event_id for e in spool.peek(10)] == ["a", "bad"]
     assert spool.ack(["a", "bad"]) == 2
     assert (spool.depth, spool.dead_letter_count) == (0, 0)
+
+
+def test_a_group_commit_keeps_each_call_all_or_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", max_events=3)
+    results = spool.append_many([events("a", "b"), events("b", "c", "d"), events("e"), []])
+    first, too_big, last, empty = results
+    assert isinstance(first, AppendResult) and (first.recorded, first.duplicates) == (2, 0)
+    # The second call would take the spool to 4 events: refused whole, "c" is not half-written.
+    assert isinstance(too_big, SpoolFullError)
+    assert isinstance(last, AppendResult) and last.recorded == 1
+    assert isinstance(empty, AppendResult) and empty.recorded == 0
+    assert [e.event_id for e in spool.peek(10)] == ["a", "b", "e"]
+    # A duplicate of an event stored earlier in the same group counts as a duplicate.
+    spool.ack(["a", "b", "e"])
+    once, again = spool.append_many([events("f"), events("f")])
+    assert isinstance(once, AppendResult) and once.recorded == 1
+    assert isinstance(again, AppendResult) and (again.recorded, again.duplicates) == (0, 1)
