@@ -512,3 +512,14 @@ async def test_real_central_outage_usage_arrives_once_and_unknown_orgs_are_dead_
     assert await sidecar.metric(
         "metering_sidecar_forward_errors_total", {"code": "FAILED_PRECONDITION"}
     ) >= 1
+
+
+def test_without_a_central_address_the_sidecar_refuses_to_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
+    result = subprocess.run(
+        [*sidecar_command(), f"--spool-path={tmp_path / 'spool.db'}", "--port=0"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "METERING_CENTRAL_ADDR" in result.stderr
+    assert not (tmp_path / "spool.db").exists()
