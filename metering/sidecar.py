@@ -64,7 +64,7 @@ class SidecarSettings(BaseSettings):
         "full", description="SQLite synchronous: full survives power loss, normal a crash"
     )
     spool_dedup_window_s: float = Field(
-        3600.0, gt=0, description="forwarded ids remembered this long to count retries as dups"
+        600.0, gt=0, description="forwarded ids remembered this long to count retries as dups"
     )
     central_addr: str = Field(
         "", description="central metering gRPC target, e.g. dns:///metering:50052 (required)"

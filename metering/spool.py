@@ -83,7 +83,7 @@ class Spool:
         *,
         max_events: int,
         synchronous: Synchronous = "full",
-        dedup_window_s: float = 3600.0,
+        dedup_window_s: float = 600.0,
     ) -> None:
         if max_events < 1:
             raise ValueError("max_events must be at least 1")
