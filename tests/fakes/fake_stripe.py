@@ -63,12 +63,14 @@ class FakeStripe:
     payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     declining_customers: set[str] = field(default_factory=set)
+    delay_s: float = 0.0  # added to every PaymentIntent answer (widens race windows)
     script: deque[str] = field(default_factory=deque)
     created: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._idempotent: dict[str, _Stored] = {}
+        self._in_flight: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
 
     # ---- control -------------------------------------------------------------------------
@@ -131,21 +133,46 @@ class FakeStripe:
         if method == "POST" and key:
             with self._lock:
                 stored = self._idempotent.get(key)
+                busy = stored is None and key in self._in_flight
+                if stored is None and not busy:
+                    self._in_flight.add(key)
+            if busy:
+                # Stripe answers 409 while a request with the same key is still running.
+                self._send(
+                    http,
+                    record,
+                    409,
+                    _error(
+                        "idempotency_error",
+                        "There is currently another in-progress request using this Idempotent Key.",
+                    ),
+                )
+                return
             if stored is not None:
                 if stored.body_key != body_key:
-                    self._send(http, record, 400, _error(
-                        "idempotency_error",
-                        "Keys for idempotent requests can only be used with the same parameters "
-                        "they were first used with.",
-                    ))
+                    self._send(
+                        http,
+                        record,
+                        400,
+                        _error(
+                            "idempotency_error",
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with.",
+                        ),
+                    )
                     return
                 record.replayed = True
                 self._send(http, record, stored.status, stored.answer, replayed=True)
                 return
-        status, answer, delay, store = self._route(method, path, record.params)
-        if store and method == "POST" and key:
-            with self._lock:
-                self._idempotent[key] = _Stored(body_key, status, answer)
+        try:
+            status, answer, delay, store = self._route(method, path, record.params)
+            if store and method == "POST" and key:
+                with self._lock:
+                    self._idempotent[key] = _Stored(body_key, status, answer)
+        finally:
+            if method == "POST" and key:
+                with self._lock:
+                    self._in_flight.discard(key)
         if delay:
             time.sleep(delay)
         self._send(http, record, status, answer)
@@ -156,8 +183,12 @@ class FakeStripe:
         parts = [p for p in path.split("/") if p]
         if parts[:2] == ["v1", "customers"]:
             if method == "POST" and len(parts) == 2:
-                cus = {"id": "cus_" + secrets.token_hex(7), "object": "customer",
-                       "email": params.get("email"), "metadata": params.get("metadata", {})}
+                cus = {
+                    "id": "cus_" + secrets.token_hex(7),
+                    "object": "customer",
+                    "email": params.get("email"),
+                    "metadata": params.get("metadata", {}),
+                }
                 self.customers[cus["id"]] = cus
                 return 200, cus, 0.0, True
             if method == "GET" and len(parts) == 3 and parts[2] in self.customers:
@@ -201,17 +232,22 @@ class FakeStripe:
         with self._lock:
             self.payment_intents[pi["id"]] = pi
         self.created.set()
-        delay = float(step.split(":", 1)[1]) if step.startswith("slow:") else 0.0
+        delay = float(step.split(":", 1)[1]) if step.startswith("slow:") else self.delay_s
         if declined:
             error = _error("card_error", "Your card was declined.")
-            error["error"].update(code="card_declined", decline_code="generic_decline",
-                                  payment_intent=pi)
+            error["error"].update(
+                code="card_declined", decline_code="generic_decline", payment_intent=pi
+            )
             return 402, error, delay, True
         return 200, pi, delay, True
 
     def _send(
-        self, http: BaseHTTPRequestHandler, record: RecordedRequest, status: int,
-        answer: dict[str, Any], replayed: bool = False,
+        self,
+        http: BaseHTTPRequestHandler,
+        record: RecordedRequest,
+        status: int,
+        answer: dict[str, Any],
+        replayed: bool = False,
     ) -> None:
         record.status = status
         data = json.dumps(answer).encode()

@@ -55,9 +55,11 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture
-def ledger(sqlite_url: str) -> Iterator[Ledger]:
-    engine = make_engine(sqlite_url)
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
+    """The ledger on a SQLite file, and again on PostgreSQL when a server is configured."""
+    url = request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+    engine = make_engine(url)
     yield Ledger(engine, max_unpaid_usd=50)
     engine.dispose()
 
@@ -75,7 +77,7 @@ class Service:
 async def service(ledger: Ledger) -> AsyncIterator[Service]:
     """The MeteringService on 127.0.0.1:<free port>, reached through a real channel."""
     metrics = Metrics()
-    running = await build_server(ledger, Settings(), metrics, address="127.0.0.1:0")
+    running = await build_server(ledger, Settings(**{}), metrics, address="127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
         yield Service(ledger, metrics, running, channel,

@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 import logging
 import random
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -235,10 +236,9 @@ def test_fake_stripe_idempotency(fake: FakeStripe) -> None:
     first = client.v1.payment_intents.create(params, {"idempotency_key": "k1"})  # type: ignore[arg-type]
     again = client.v1.payment_intents.create(params, {"idempotency_key": "k1"})  # type: ignore[arg-type]
     assert first.id == again.id and len(fake.payment_intents) == 1
+    other_body = dict(params, amount=200)
     with pytest.raises(stripe.IdempotencyError):
-        client.v1.payment_intents.create(
-            {**params, "amount": 200}, {"idempotency_key": "k1"}  # type: ignore[arg-type]
-        )
+        client.v1.payment_intents.create(other_body, {"idempotency_key": "k1"})  # type: ignore[arg-type]
     with pytest.raises(stripe.AuthenticationError):
         other = stripe.StripeClient("sk_live_x", base_addresses={"api": fake.base_url})
         other.v1.customers.create()
@@ -250,3 +250,39 @@ def test_usage_at_is_kept_in_utc(ledger: Ledger) -> None:
     at = dt.datetime(2026, 1, 1, 0, 30, tzinfo=dt.timezone(dt.timedelta(hours=2)))
     ledger.record_calls([[Event("tz", org, "", "m", 5, 1, at)]])
     assert [b.day for b in ledger.usage(org).buckets] == ["2025-12-31"]
+
+
+def _workers_in_threads(ledger: Ledger, fake: FakeStripe) -> None:
+    fake.delay_s = 0.1
+    orgs = [ledger.create_org(f"o{i}", f"cus_{i}").id for i in range(8)]
+    for org in orgs:
+        use(ledger, org, 3_000_000)
+    barrier = threading.Barrier(3)
+
+    def run() -> None:
+        barrier.wait()
+        worker(ledger, fake).run_once()
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i, org in enumerate(orgs):
+        assert [pi["amount"] for pi in fake.intents_for(f"cus_{i}")] == [200]
+        assert [c.state for c in ledger.list_charges(org)] == ["succeeded"]
+
+
+def test_three_workers_at_once_charge_each_dollar_once(ledger: Ledger, fake: FakeStripe) -> None:
+    _workers_in_threads(ledger, fake)
+
+
+@pytest.mark.postgres
+def test_three_workers_at_once_on_postgres(pg_url: str, fake: FakeStripe) -> None:
+    from metering.database import make_engine
+
+    engine = make_engine(pg_url)
+    _workers_in_threads(Ledger(engine), fake)
+    # Row locks, not replays, kept them apart: each charge was sent by one worker only.
+    assert len(fake.posts()) == 8
+    engine.dispose()

@@ -36,8 +36,13 @@ async def record(service: Service, *events: metering_pb2.UsageEvent) -> tuple[in
     return reply.recorded, reply.duplicates
 
 
-async def usage(service: Service, org: str, **kw: object) -> metering_pb2.GetUsageResponse:
-    return await service.stub.GetUsage(metering_pb2.GetUsageRequest(org_id=org, **kw))
+async def usage(
+    service: Service, org: str, project_id: str = "", since: Timestamp | None = None
+) -> metering_pb2.GetUsageResponse:
+    request = metering_pb2.GetUsageRequest(org_id=org, project_id=project_id)
+    if since is not None:
+        request.since.CopyFrom(since)
+    return await service.stub.GetUsage(request)
 
 
 async def test_health_is_serving_for_both_names(service: Service) -> None:
@@ -70,7 +75,7 @@ async def test_concurrent_calls_are_committed_together_and_exactly(service: Serv
     assert reply.total_tokens == sum(range(1, 201))
     assert reply.total_requests == 200
     # Group commit: fewer transactions than calls.
-    groups = service.metrics.group_calls.collect()[0].samples
+    groups = next(iter(service.metrics.group_calls.collect())).samples
     count = next(s.value for s in groups if s.name.endswith("_count"))
     total = next(s.value for s in groups if s.name.endswith("_sum"))
     assert total == 300
