@@ -294,3 +294,19 @@ def test_concurrent_first_requests_share_one_authenticate(fakes: Fakes) -> None:
             )
         assert [r.status_code for r in replies] == [200] * 16
         assert fakes.metering.auth_calls - before <= 2  # threads may start a little apart
+
+
+def test_fastapi_validation_errors_become_openai_400s(fakes: Fakes) -> None:
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+
+    app = create_app(fakes.settings())
+
+    @app.get("/probe")
+    async def probe(n: int) -> dict[str, int]:  # any typed parameter FastAPI validates
+        return {"n": n}
+
+    reply = TestClient(app).get("/probe", params={"n": "abc"})
+    err = error_of(reply, 400)  # type: ignore[arg-type]
+    assert err["param"] == "n" and err["type"] == "invalid_request_error"
