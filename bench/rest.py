@@ -280,8 +280,9 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float, gateway_pi
     ).stdout  # fmt: skip
     cpu = cpu_seconds(gateway_pid) - cpu0
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    # Anchored: the "+/- Stdev" column can end in "50%" too (e.g. "87.50%").
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     status = re.search(r"STATUS ok=(\d+) 429=(\d+) other=(\d+)", out)
     ok, over, other = (int(x) for x in status.groups()) if status else (0, 0, 0)
     sock = re.search(r"Socket errors: (.*)", out)
