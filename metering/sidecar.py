@@ -165,7 +165,10 @@ class Forwarder:
         self._central = central
         self._settings = settings
         self._metrics = metrics
-        self._wake = asyncio.Event()
+        # New events end an idle wait; only shutdown or central coming back ends a backoff
+        # wait, so a stream of appends during an outage does not turn into a retry storm.
+        self._new_data = asyncio.Event()
+        self._interrupt = asyncio.Event()
         self._deadline: float | None = None
         # The first retry comes after one idle interval; later ones back off to the cap.
         self._backoff = _Backoff(
@@ -174,38 +177,48 @@ class Forwarder:
         )
 
     def wake(self) -> None:
-        self._wake.set()
+        """New events were spooled."""
+        self._new_data.set()
+
+    def central_ready(self) -> None:
+        """The channel to central (re)connected: retry now instead of after the backoff."""
+        self._interrupt.set()
 
     async def run(self) -> None:
         """Forward until drained after :meth:`drain_by` was called (or forever)."""
         while True:
             if self._deadline is not None and time.monotonic() >= self._deadline:
                 return
+            # Cleared before looking, so an append right after an empty peek still wakes us.
+            self._new_data.clear()
             batch = await asyncio.to_thread(self._spool.peek, self._settings.forward_batch)
             if not batch:
                 if self._deadline is not None:
                     return
-                await self._sleep(self._settings.forward_interval_s)
+                await self._wait(self._settings.forward_interval_s, self._new_data)
                 continue
             if await self._forward(batch):
                 self._backoff.reset()
             else:
-                await self._sleep(self._backoff.next())
+                await self._wait(self._backoff.next())
 
     def drain_by(self, deadline: float) -> None:
         """Stop waiting for new events; keep forwarding until empty or ``deadline`` (monotonic)."""
         self._deadline = deadline
         self._backoff.reset()
-        self._wake.set()
+        self._interrupt.set()
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _wait(self, seconds: float, *also: asyncio.Event) -> None:
+        """Sleep up to ``seconds`` (never past the drain deadline) or until interrupted."""
         if self._deadline is not None:
             seconds = min(seconds, max(0.0, self._deadline - time.monotonic()))
-        self._wake.clear()
+        waiters = [asyncio.create_task(e.wait()) for e in (self._interrupt, *also)]
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        self._interrupt.clear()
 
     def _timeout(self) -> float:
         timeout = self._settings.forward_timeout_s
@@ -254,6 +267,16 @@ class Forwarder:
             return True
         middle = len(batch) // 2
         return await self._forward(batch[:middle]) and await self._forward(batch[middle:])
+
+
+async def watch_central(channel: grpc.aio.Channel, forwarder: Forwarder) -> None:
+    """Tell the forwarder whenever the channel to central becomes READY (a recovery)."""
+    state = channel.get_state(try_to_connect=True)
+    while True:
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+        if state == grpc.ChannelConnectivity.READY:
+            forwarder.central_ready()
 
 
 class SpoolWriter:
@@ -390,6 +413,7 @@ class Sidecar:
     forwarder: Forwarder
     forward_task: asyncio.Task[None]
     writer_task: asyncio.Task[None]
+    watch_task: asyncio.Task[None]
     channel: grpc.aio.Channel
     spool: Spool
     port: int
@@ -399,15 +423,15 @@ async def start_sidecar(
     settings: SidecarSettings, metrics: SidecarMetrics, spool: Spool
 ) -> Sidecar:
     """Build and start the gRPC server and the forwarder around an opened spool."""
-    backoff_ms = int(settings.forward_backoff_max_s * 1000)
     channel = grpc.aio.insecure_channel(
         settings.central_addr,
         options=[
-            # gRPC's own reconnect backoff grows to 120 s by default; while it waits every call
-            # fails fast, so cap it with ours or a recovered central would sit idle for minutes.
-            ("grpc.initial_reconnect_backoff_ms", min(200, backoff_ms)),
-            ("grpc.min_reconnect_backoff_ms", min(200, backoff_ms)),
-            ("grpc.max_reconnect_backoff_ms", backoff_ms),
+            # gRPC's own reconnect backoff grows to 120 s by default, and while it waits every
+            # call fails fast: a recovered central would sit idle for minutes. Reconnecting
+            # within a second is cheap (one refused TCP connect); our backoff paces the calls.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
             ("grpc.lb_policy_name", "round_robin"),
         ],
     )
@@ -431,12 +455,14 @@ async def start_sidecar(
     for name in ("", SERVICE_NAME):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     forward_task = asyncio.create_task(forwarder.run(), name="forwarder")
+    watch_task = asyncio.create_task(watch_central(channel, forwarder), name="watch-central")
     log.info(
         "sidecar serving addr=%s:%d central=%s spool=%s depth=%d",
         settings.host, port, settings.central_addr, spool.path, spool.depth,
     )
     return Sidecar(
-        server, health, servicer, forwarder, forward_task, writer_task, channel, spool, port
+        server, health, servicer, forwarder,
+        forward_task, writer_task, watch_task, channel, spool, port,
     )
 
 
@@ -455,6 +481,7 @@ async def shutdown(sidecar: Sidecar, grace_s: float) -> int:
         )
     except TimeoutError:
         sidecar.forward_task.cancel()
+    sidecar.watch_task.cancel()
     await sidecar.channel.close()
     left = sidecar.spool.depth
     if left:
