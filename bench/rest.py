@@ -311,6 +311,81 @@ def ensure_wrk(report: Any) -> bool:
     return False
 
 
+@contextmanager
+def gateway_process(port: int, embed_addr: str, metering_addr: str) -> Iterator[int]:
+    env = {
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_EMBED_ADDR": f"dns:///{embed_addr}",
+        "GATEWAY_METERING_ADDR": metering_addr,
+        "GATEWAY_LOG_LEVEL": "warning",
+    }
+    with process(["-m", "gateway"], env, lambda: http_ok(f"http://127.0.0.1:{port}/readyz")) as pid:
+        yield pid
+
+
+class _StubEmbed(embed_pb2_grpc.EmbedServiceServicer):
+    """Answers at once with a fixed vector: what is left of a request's cost is transport."""
+
+    def __init__(self) -> None:
+        self.vector = (b"\x00\x00\x80\x3d") * 384  # 0.0625 as little-endian float32
+
+    def Embed(
+        self, request: embed_pb2.EmbedRequest, context: grpc.ServicerContext
+    ) -> embed_pb2.EmbedResponse:
+        reply = embed_pb2.EmbedResponse(model="intent-embed")
+        total = 0
+        for text in request.inputs:
+            tokens = len(text.split())
+            total += tokens
+            reply.embeddings.add(packed=self.vector, tokens=tokens)
+        reply.usage.prompt_tokens = reply.usage.total_tokens = total
+        return reply
+
+
+@contextmanager
+def stub_embed() -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    embed_pb2_grpc.add_EmbedServiceServicer_to_server(_StubEmbed(), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", "intent_embed.v1.EmbedService"):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+def gateway_overhead(report: Any, queries: list[str]) -> None:
+    """The gateway alone: REST vs direct gRPC against a stub embed service (no model), so the
+    difference is the gateway's own latency and CPU, not model noise."""
+    if not shutil.which("wrk"):
+        return
+    _say(report, "  gateway alone (stub embed service answering at once, no model):")
+    port = free_port()
+    with (
+        bench_metering() as metering_addr,
+        stub_embed() as embed_addr,
+        gateway_process(port, embed_addr, metering_addr) as pid,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        direct = asyncio.run(_grpc_load(embed_addr, queries, 1, SECONDS / 2))
+        script = Path(tmp) / "post.lua"
+        wrk_script(queries, script)
+        url = f"http://127.0.0.1:{port}/v2/embeddings"
+        run_wrk(url, script, 4, 1, pid)  # warm-up
+        rest1 = run_wrk(url, script, 1, SECONDS / 2, pid)
+        rest64 = run_wrk(url, script, 64, SECONDS / 2, pid)
+    direct.name = "stub gRPC C=1"
+    rest1.name, rest64.name = "stub REST c=1", "stub REST c=64"
+    for r in (direct, rest1, rest64):
+        _say(report, r.line())
+    _say(report, f"    gateway p50 overhead at C=1 (stub) = {rest1.p50_ms - direct.p50_ms:.2f} ms")
+
+
 def run(report: Any) -> None:
     """The REST section of `python -m bench`."""
     _say(report, "REST gateway (wrk) vs gRPC vs raw model; one CLINC150 query per request")
@@ -329,17 +404,7 @@ def run(report: Any) -> None:
     with (
         bench_metering() as metering_addr,
         process(["-m", "embed_service"], embed_env, lambda: grpc_serving(embed_addr)),
-        process(
-            ["-m", "gateway"],
-            {
-                "GATEWAY_HOST": "127.0.0.1",
-                "GATEWAY_PORT": str(gateway_port),
-                "GATEWAY_EMBED_ADDR": f"dns:///{embed_addr}",
-                "GATEWAY_METERING_ADDR": metering_addr,
-                "GATEWAY_LOG_LEVEL": "warning",
-            },
-            lambda: http_ok(f"{gateway_url}/readyz"),
-        ) as gateway_pid,
+        gateway_process(gateway_port, embed_addr, metering_addr) as gateway_pid,
     ):
         grpc_results = [
             asyncio.run(_grpc_load(embed_addr, queries, c, SECONDS)) for c in GRPC_CONCURRENCY
@@ -358,6 +423,7 @@ def run(report: Any) -> None:
                     _say(report, rest_results[-1].line())
         else:
             _say(report, "  wrk unavailable: REST rows skipped")
+    gateway_overhead(report, queries)
     if not rest_results:
         return
     by_c = {int(r.name.rsplit("=", 1)[1]): r for r in rest_results}
