@@ -21,6 +21,7 @@ import asyncio
 import logging
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -354,6 +355,11 @@ class SidecarServicer(metering_pb2_grpc.MeteringServiceServicer):
                 context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"usage spool full ({err}); central metering is behind, retry later",
+            )
+        except sqlite3.Error as err:
+            # Disk full or I/O error: nothing durable, so no ack; embed refuses the work.
+            await self._abort(
+                context, grpc.StatusCode.UNAVAILABLE, f"usage spool cannot be written: {err}"
             )
         self._forwarder.wake()
         self._metrics.record_requests.labels(code="OK").inc()

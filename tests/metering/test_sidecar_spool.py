@@ -1,12 +1,17 @@
-"""The sidecar's SQLite spool: durable, ordered, bounded, and it counts retries as duplicates."""
+"""The sidecar's SQLite spool: durable, ordered, bounded, counts retries as duplicates, and a
+spool that cannot be written refuses instead of acknowledging."""
 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 
+from intent_embed.v1 import metering_pb2, metering_pb2_grpc
+from metering.sidecar import SidecarMetrics, SidecarSettings, shutdown, start_sidecar
 from metering.spool import AppendResult, Spool, SpoolFullError
 
 REQUEUE_SQL = """
@@ -119,3 +124,32 @@ def test_a_group_commit_keeps_each_call_all_or_nothing(tmp_path: Path) -> None:
     once, again = spool.append_many([events("f"), events("f")])
     assert isinstance(once, AppendResult) and once.recorded == 1
     assert isinstance(again, AppendResult) and (again.recorded, again.duplicates) == (0, 1)
+
+
+class BrokenDisk(Spool):
+    def append_many(
+        self, calls: Sequence[Sequence[tuple[str, bytes]]]
+    ) -> list[AppendResult | SpoolFullError]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+async def test_a_spool_write_error_is_unavailable_and_nothing_is_acked(tmp_path: Path) -> None:
+    settings = SidecarSettings.model_validate({
+        "host": "127.0.0.1", "port": 0, "central_addr": "127.0.0.1:1",
+        "spool_path": str(tmp_path / "s.db"),
+    })
+    spool = BrokenDisk(settings.spool_path, max_events=10)
+    sidecar = await start_sidecar(settings, SidecarMetrics(spool), spool)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.port}") as channel:
+            stub = metering_pb2_grpc.MeteringServiceStub(channel)
+            request = metering_pb2.RecordUsageRequest(
+                events=[metering_pb2.UsageEvent(event_id="a", org_id="o", tokens=1)]
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.RecordUsage(request, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "disk is full" in (refused.value.details() or "")
+    finally:
+        await shutdown(sidecar, grace_s=0)
+        spool.close()
