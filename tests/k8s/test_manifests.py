@@ -199,7 +199,7 @@ def test_sidecar_is_native_listens_on_localhost_and_embed_dials_it(
     assert port(sidecar, "sidecar-metrics") == settings.metrics_port
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert sidecar[probe]["httpGet"] == {"path": "/metrics", "port": "sidecar-metrics"}
-    (mount,) = sidecar["volumeMounts"]
+    (mount,) = [m for m in sidecar["volumeMounts"] if m["mountPath"] != "/tmp"]
     assert settings.spool_path.startswith(mount["mountPath"] + "/")
     (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     assert "emptyDir" in volume
@@ -453,6 +453,8 @@ def test_every_pod_is_non_root_with_bounded_resources(
                 "ALL"
             ]
             assert sc["readOnlyRootFilesystem"] is True
+            # HOME and temp files live in /tmp (see the Dockerfile): it must be writable.
+            assert "/tmp" in {m["mountPath"] for m in c.get("volumeMounts", [])}, c["name"]
             for kind in ("cpu", "memory"):
                 assert c["resources"]["requests"][kind] and c["resources"]["limits"][kind]
 
