@@ -78,6 +78,9 @@ def _parse_input(value: object, max_inputs: int) -> tuple[list[str] | None, list
         )
     if not value:
         raise _bad("'input' is an empty array; give at least one input.", "input")
+    first = value[0]
+    if _is_int(first):  # one input given as token ids: its length is tokens, not inputs
+        return None, [_token_list(value, "input 0")]
     if len(value) > max_inputs:
         raise _bad(
             f"'input' has {len(value)} items; at most {max_inputs} are allowed per request, "
@@ -85,7 +88,6 @@ def _parse_input(value: object, max_inputs: int) -> tuple[list[str] | None, list
             "input",
             "too_many_inputs",
         )
-    first = value[0]
     if isinstance(first, str):
         for i, text in enumerate(value):
             if not isinstance(text, str):
@@ -97,8 +99,6 @@ def _parse_input(value: object, max_inputs: int) -> tuple[list[str] | None, list
             if not text:
                 raise _bad(f"input {i} is an empty string; give the text to embed.", "input")
         return value, None
-    if _is_int(first):
-        return None, [_token_list(value, "input 0")]
     if isinstance(first, list):
         out: list[list[int]] = []
         for i, ids in enumerate(value):

@@ -166,6 +166,11 @@ def test_too_many_inputs_and_tokens(gateway: GatewayServer) -> None:
     err = error_of(post(gateway, {"input": ["a"] * 2049, "model": "intent-embed"}), 400)
     assert "2048" in err["message"] and err["code"] == "too_many_inputs"
     assert post(gateway, {"input": ["a"] * 2048, "model": "intent-embed"}).status_code == 200
+    # One input as 3000 token ids is one input (too long), not 3000 inputs.
+    err = error_of(post(gateway, {"input": [5] * 3000, "model": "intent-embed"}), 400)
+    assert "input 0" in err["message"] and "truncate" in err["message"]
+    cut = post(gateway, {"input": [5] * 3000, "model": "intent-embed", "truncate": True})
+    assert cut.status_code == 200 and cut.json()["usage"]["prompt_tokens"] == 256
     # 2048 x 150 token ids = 307,200 tokens: over the 300,000 the embed service accepts.
     err = error_of(post(gateway, {"input": [[5] * 150] * 2048, "model": "intent-embed"}), 400)
     assert "300000" in err["message"] and err["param"] == "input"
