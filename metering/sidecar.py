@@ -2,16 +2,17 @@
 
 Runs as ``python -m metering sidecar`` next to every embed server (the same Kubernetes pod). It
 serves ``MeteringService.RecordUsage`` from the generated stubs: a call is validated, appended to
-the SQLite spool (:mod:`metering.spool`) in one transaction and acknowledged only after that commit,
-so the embed service can answer its client as soon as usage is durable, even while the central
-metering service is down. A forwarder task sends spooled events in batches to the central
-``RecordUsage`` and removes them only after the central ack (event ids make a repeated delivery a
-duplicate there, never double usage); transient failures are retried with capped exponential
-backoff, while a batch the central service rejects as invalid is split until the offending events
-are isolated and moved to a dead-letter table. ``Authenticate`` and ``GetUsage`` answer
-UNIMPLEMENTED: callers talk to the central service for those. SIGTERM stops accepting, forwards
-what is spooled within ``METERING_SHUTDOWN_GRACE_S`` and exits. This module also holds the
-sidecar's settings (``SidecarSettings``, env prefix ``METERING_``) and its Prometheus metrics.
+the SQLite spool (:mod:`metering.spool`; concurrent calls share one commit) and acknowledged only
+after that commit, so the embed service can answer its client as soon as usage is durable, even
+while the central metering service is down. A forwarder task sends spooled events in batches to
+the central ``RecordUsage`` and removes them only after the central ack (event ids make a
+repeated delivery a duplicate there, never double usage); transient failures are retried with
+capped exponential backoff, cut short when the channel to central becomes ready again, while a
+batch the central service rejects as invalid is split until the offending events are isolated
+and moved to a dead-letter table. ``Authenticate`` and ``GetUsage`` answer UNIMPLEMENTED:
+callers talk to the central service for those. SIGTERM stops accepting, forwards what is
+spooled within ``METERING_SHUTDOWN_GRACE_S`` and exits. This module also holds the sidecar's
+settings (``SidecarSettings``, env prefix ``METERING_``) and its Prometheus metrics.
 """
 
 from __future__ import annotations
