@@ -256,6 +256,9 @@ class Ledger:
                             "recorded_at": now,
                         }
                     )
+            # Sorted: two replicas inserting overlapping ids wait on each other in the same
+            # order instead of deadlocking (PostgreSQL).
+            rows_to_insert.sort(key=lambda row: row["event_id"])
             inserted = self._insert_events(conn, rows_to_insert)
             per_call_recorded: dict[int, int] = defaultdict(int)
             per_call_tokens: dict[int, int] = defaultdict(int)

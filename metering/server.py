@@ -69,6 +69,10 @@ class Metrics:
             "time to write and commit one group",
             registry=self.registry,
         )
+        # Children bound once: RecordUsage is the hot path (a label lookup per call adds up).
+        self.record_ok = self.requests.labels("RecordUsage", "OK")
+        self.events_recorded = self.events.labels("recorded")
+        self.events_duplicate = self.events.labels("duplicate")
 
     def observe_group(self, calls: int, _events: int, seconds: float) -> None:
         self.group_calls.observe(calls)
@@ -142,9 +146,9 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
                 "the ledger could not commit the usage; retry with the same event ids",
             )
             raise
-        self._metrics.requests.labels("RecordUsage", "OK").inc()
-        self._metrics.events.labels("recorded").inc(result.recorded)
-        self._metrics.events.labels("duplicate").inc(result.duplicates)
+        self._metrics.record_ok.inc()
+        self._metrics.events_recorded.inc(result.recorded)
+        self._metrics.events_duplicate.inc(result.duplicates)
         self._metrics.tokens.inc(result.tokens)
         return metering_pb2.RecordUsageResponse(
             recorded=result.recorded, duplicates=result.duplicates

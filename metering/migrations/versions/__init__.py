@@ -1,0 +1,1 @@
+"""Alembic revision scripts of the metering ledger, applied in order."""
