@@ -58,6 +58,7 @@ log = logging.getLogger("metering.billing")
 
 # Stripe allows 50 metadata keys; 40 projects by name, the rest summed under "other".
 MAX_PROJECTS_IN_METADATA = 40
+MAX_CHARGE_DOLLARS = 999_999
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ class BillingWorker:
                 tokens = total.tokens if total else 0
                 covering = [c for c in charges if c.state == CHARGE_SUCCEEDED]
                 covered = sum(c.amount_cents for c in covering) // 100
-                k = owed_dollars(tokens) - covered
+                # Stripe's largest single charge is $999,999.99; more waits for the next run.
+                k = min(owed_dollars(tokens) - covered, MAX_CHARGE_DOLLARS)
                 if k <= 0:
                     return None
                 seq = max((c.seq for c in charges), default=0) + 1

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("metering.database")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Any constant works; it only has to be the same for every metering process.
+MIGRATION_LOCK_ID = 0x6D65746572  # "meter"
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -79,6 +81,10 @@ def migrate(url: str) -> None:
     engine = make_engine(url, pool_size=1)
     try:
         with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                # Replicas started together with MIGRATE_ON_START take turns: the second
+                # waits, then finds the schema current.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             config = alembic_config(url)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")

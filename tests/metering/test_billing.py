@@ -286,3 +286,17 @@ def test_three_workers_at_once_on_postgres(pg_url: str, fake: FakeStripe) -> Non
     # Row locks, not replays, kept them apart: each charge was sent by one worker only.
     assert len(fake.posts()) == 8
     engine.dispose()
+
+
+def test_debt_over_stripes_largest_charge_is_split_across_runs(
+    ledger: Ledger, fake: FakeStripe
+) -> None:
+    org = ledger.create_org("whale", "cus_whale").id
+    tokens = 1_500_000 * 100_000_000 // 94 + 1  # just over $1.5M owed
+    use(ledger, org, *([1_000_000_000] * (tokens // 1_000_000_000)), tokens % 1_000_000_000)
+    assert ledger.usage(org).owed_dollars == 1_500_000
+    bill = worker(ledger, fake)
+    bill.run_once()
+    bill.run_once()
+    assert [pi["amount"] for pi in fake.intents_for("cus_whale")] == [99_999_900, 50_000_100]
+    assert charged(ledger, org) == 1_500_000
