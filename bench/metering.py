@@ -64,9 +64,14 @@ def _cpu_seconds(pid: int) -> float:
 def _service(url: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     port = _free_port()
     env = {
-        **os.environ, "PYTHONPATH": str(ROOT), "METERING_DATABASE_URL": url,
-        "METERING_HOST": "127.0.0.1", "METERING_PORT": str(port), "METERING_METRICS_PORT": "0",
-        "METERING_BILL_INTERVAL_S": "0", "METERING_LOG_LEVEL": "WARNING",
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "METERING_DATABASE_URL": url,
+        "METERING_HOST": "127.0.0.1",
+        "METERING_PORT": str(port),
+        "METERING_METRICS_PORT": "0",
+        "METERING_BILL_INTERVAL_S": "0",
+        "METERING_LOG_LEVEL": "WARNING",
     }
     proc = subprocess.Popen([sys.executable, "-m", "metering"], env=env, cwd=ROOT)
     try:
@@ -102,8 +107,11 @@ async def _load(port: int, org: str, per_call: int, seconds: float) -> tuple[int
         while time.monotonic() < stop_at:
             events = [
                 metering_pb2.UsageEvent(
-                    event_id=f"{prefix}-{n}-{i}-{j}", org_id=org, model="intent-embed",
-                    tokens=12, inputs=1,
+                    event_id=f"{prefix}-{n}-{i}-{j}",
+                    org_id=org,
+                    model="intent-embed",
+                    tokens=12,
+                    inputs=1,
                 )
                 for j in range(per_call)
             ]
@@ -168,6 +176,11 @@ def _embedding_cpu_per_request() -> tuple[float, float] | None:
     model = AutoModel.from_pretrained(path).eval()
     text = "my card was charged twice for the same order, please refund one"
 
+    # One thread: idle-spinning intra-op threads on a shared machine would inflate the CPU
+    # time and flatter the metering share.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
     def cost(batch: int, rounds: int) -> float:
         encoded = tokenizer([text] * batch, return_tensors="pt", padding=True)
         with torch.inference_mode():
@@ -177,7 +190,10 @@ def _embedding_cpu_per_request() -> tuple[float, float] | None:
                 model(**tokenizer([text] * batch, return_tensors="pt", padding=True))
             return (time.process_time() - start) / (rounds * batch)
 
-    return cost(1, 30), cost(32, 5)
+    try:
+        return cost(1, 30), cost(32, 5)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _line(report: Report, db: str, per_call: int, r: Result) -> None:
@@ -189,8 +205,10 @@ def _line(report: Report, db: str, per_call: int, r: Result) -> None:
 
 
 def run(report: Any) -> None:
-    report.line(f"RecordUsage, {CALLERS} concurrent callers, {SECONDS:.0f} s per run "
-                "(metering as its own process; server CPU from /proc)")
+    report.line(
+        f"RecordUsage, {CALLERS} concurrent callers, {SECONDS:.0f} s per run "
+        "(metering as its own process; server CPU from /proc)"
+    )
     results: dict[tuple[str, int], Result] = {}
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
@@ -209,26 +227,42 @@ def run(report: Any) -> None:
         report.line("postgres   skipped (set METERING_BENCH_DATABASE_URL)")
     one = results[("sqlite", 1)]
     rate = one.calls / one.seconds
-    report.line(f"target >= 2,000 one-event calls/s on SQLite: {rate:.0f} -> "
-                f"{'MET' if rate >= 2000 else 'NOT MET'}")
-    metering_cpu = one.server_cpu_s / one.calls
+    report.line(
+        f"target >= 2,000 one-event calls/s on SQLite: {rate:.0f} -> "
+        f"{'MET' if rate >= 2000 else 'NOT MET'}"
+    )
+    direct = one.server_cpu_s / one.calls
+    hundred = results[("sqlite", 100)]
+    pod = hundred.server_cpu_s / hundred.events
     embed = _embedding_cpu_per_request()
     if embed is None:
-        report.line(f"metering CPU per embedding request: {metering_cpu * 1e6:.0f} us "
-                    "(torch not available for the comparison)")
+        report.line(
+            f"metering CPU per embedding request: direct {direct * 1e6:.0f} us, via a "
+            f"sidecar's 100-event batches {pod * 1e6:.0f} us (torch missing: no ratio)"
+        )
         return
     alone, batched = embed
-    share = metering_cpu / batched
     report.line(
-        f"metering CPU per embedding request (one RecordUsage): {metering_cpu * 1e6:.0f} us; "
-        f"embedding request CPU (MiniLM, 1 short input): {alone * 1e3:.1f} ms alone, "
-        f"{batched * 1e3:.2f} ms in a batch of 32"
+        f"embedding request CPU (MiniLM, 1 short input, 1 thread): {alone * 1e3:.2f} ms alone, "
+        f"{batched * 1e3:.2f} ms per request in a batch of 32"
     )
-    report.line(f"target metering < 5% of an embedding request's CPU: {100 * share:.2f}% "
-                f"(vs the batched cost) -> {'MET' if share < 0.05 else 'NOT MET'}")
+    for name, cost in (
+        ("direct (embed -> central, 1 event/call)", direct),
+        ("pod layout (central share, 100-event forwards)", pod),
+    ):
+        worst = cost / batched
+        verdict = "MET" if worst < 0.05 else "NOT MET"
+        if verdict != "MET" and cost / alone < 0.05:
+            verdict = "MET only against a lone (unbatched) request"
+        report.line(
+            f"metering CPU per embedding request, {name}: {cost * 1e6:.0f} us = "
+            f"{100 * cost / alone:.1f}% of a lone request, {100 * worst:.1f}% of a batched one "
+            f"-> target < 5%: {verdict}"
+        )
 
 
 if __name__ == "__main__":
+
     class _Print:
         def line(self, text: str = "") -> None:
             print(text, flush=True)
