@@ -1,0 +1,70 @@
+"""Runs every benchmark section in order and prints one report.
+
+A section is a module in `SECTIONS` exposing `run(report) -> None`; it writes lines with
+`report.line(text)` (and may open a heading with `report.section(title)`). Sections whose
+module does not exist yet are listed as skipped; a section that fails is reported as failed
+and the others still run. `python -m bench embed rest` runs only the sections named.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+
+SECTIONS = ["bench.embed", "bench.metering", "bench.rest"]
+
+
+@dataclass
+class Report:
+    """Collects the report's lines and echoes them as they come (a long run shows progress)."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def section(self, title: str) -> None:
+        self.line("")
+        self.line(f"== {title} ==")
+
+    def line(self, text: str = "") -> None:
+        self.lines.append(text)
+        print(text, flush=True)
+
+    # Aliases so sections written against another name for "write a line" also work.
+    print = line
+    write = line
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def main(argv: list[str]) -> int:
+    wanted = [f"bench.{name}" for name in argv] or SECTIONS
+    report = Report()
+    outcome: list[str] = []
+    for name in wanted:
+        started = time.monotonic()
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            outcome.append(f"{name}: skipped (module not present)")
+            continue
+        report.section(name)
+        try:
+            module.run(report)
+            outcome.append(f"{name}: ran in {time.monotonic() - started:.0f} s")
+        except Exception:
+            report.line(traceback.format_exc())
+            outcome.append(f"{name}: FAILED after {time.monotonic() - started:.0f} s")
+    report.section("summary")
+    for line in outcome:
+        report.line(line)
+    print("\n\n######## full report ########\n" + report.text(), flush=True)
+    return 1 if any("FAILED" in line for line in outcome) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

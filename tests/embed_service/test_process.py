@@ -1,0 +1,87 @@
+"""`python -m embed_service` as a real process: --help lists every setting, and SIGTERM while
+calls are in flight lets them finish, refuses new ones and exits 0."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from embed_service.settings import Settings
+from intent_embed.v1 import embed_pb2, embed_pb2_grpc
+
+from .conftest import REPO_ROOT
+
+
+def test_help_lists_every_setting_with_env_var() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "embed_service", "--help"],
+        capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, check=True,
+    ).stdout
+    for name in Settings.model_fields:
+        assert f"EMBED_{name.upper()}" in out
+
+
+def _wait_serving(address: str, process: subprocess.Popen[bytes], within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "the service exited during start-up"
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise AssertionError("the service did not turn SERVING")
+
+
+def test_sigterm_drains_in_flight_calls_and_exits_zero(
+    tiny_model_dir: Path, free_port: int, tmp_path: Path
+) -> None:
+    env = dict(os.environ)
+    env.update(
+        EMBED_HOST="127.0.0.1", EMBED_PORT=str(free_port), EMBED_METRICS_PORT="0",
+        EMBED_MODEL_PATH=str(tiny_model_dir), EMBED_METERING_ADDR="", EMBED_DTYPE="float32",
+        EMBED_SHUTDOWN_GRACE_S="30", EMBED_NUM_THREADS="1",
+        # Tiny batches make the in-flight work last long enough to signal in the middle of it.
+        EMBED_MAX_BATCH_SIZE="1",
+    )
+    log_path = tmp_path / "embed.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "embed_service"], env=env, cwd=REPO_ROOT,
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    address = f"127.0.0.1:{free_port}"
+    try:
+        _wait_serving(address, process, within_s=120)
+        texts = [f"message number {i} about my card" for i in range(600)]
+        with grpc.insecure_channel(
+            address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        ) as channel:
+            stub = embed_pb2_grpc.EmbedServiceStub(channel)
+            calls = [
+                stub.Embed.future(embed_pb2.EmbedRequest(inputs=texts), timeout=60)
+                for _ in range(2)
+            ]
+            time.sleep(0.3)  # both calls are queued or in the model now
+            assert not any(c.done() for c in calls), "calls finished before the signal"
+            process.send_signal(signal.SIGTERM)
+            replies = [c.result() for c in calls]
+            assert [len(r.embeddings) for r in replies] == [600, 600]
+        code = process.wait(timeout=60)
+        assert code == 0, log_path.read_text()[-3000:]
+        assert "shutdown_done" in log_path.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
