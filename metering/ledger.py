@@ -201,6 +201,10 @@ class Ledger:
         self.engine = engine
         self.max_unpaid_usd = max_unpaid_usd
         self._dialect = engine.dialect.name
+        # Existence caches for RecordUsage (see record_calls); bounded by the number of orgs
+        # and projects, and only ever grown inside the single group-commit writer.
+        self._known_orgs: set[str] = set()
+        self._project_org: dict[str, str] = {}
 
     # ---- usage -------------------------------------------------------------------------
 
@@ -220,13 +224,20 @@ class Ledger:
         org_ids = {e.org_id for call in calls for e in call}
         project_ids = {e.project_id for call in calls for e in call if e.project_id}
         with self.engine.begin() as conn:
-            known_orgs = self._existing(conn, Org.__table__.c.id, org_ids)  # type: ignore[attr-defined]
-            project_org: dict[str, str] = {}
-            for chunk in _chunks(sorted(project_ids), 500):
+            # Orgs and projects are never deleted and a project never changes org, so what
+            # was found once stays true: only ids not seen before cost a query.
+            unseen_orgs = org_ids - self._known_orgs
+            if unseen_orgs:
+                self._known_orgs |= self._existing(
+                    conn, Org.__table__.c.id, unseen_orgs  # type: ignore[attr-defined]
+                )
+            known_orgs = self._known_orgs
+            for chunk in _chunks(sorted(project_ids - self._project_org.keys()), 500):
                 rows = conn.execute(
                     select(Project.id, Project.org_id).where(col(Project.id).in_(chunk))
                 )
-                project_org.update({pid: oid for pid, oid in rows})
+                self._project_org.update({pid: oid for pid, oid in rows})
+            project_org = self._project_org
             accepted: list[int] = []
             for i, call in enumerate(calls):
                 error = self._unknown(call, known_orgs, project_org)
