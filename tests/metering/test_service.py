@@ -193,3 +193,27 @@ async def test_billing_ok_needs_a_customer_and_bounded_unpaid_debt(service: Serv
     reply = await service.stub.Authenticate(metering_pb2.AuthenticateRequest(api_key=key))
     assert not reply.billing_ok
     assert "$51" in reply.billing_message
+
+
+async def test_ledger_failure_answers_unavailable_and_acks_nothing(
+    service: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    org = service.ledger.create_org("acme", "cus_1").id
+    attempts = 0
+
+    def broken(calls: object) -> list[object]:
+        nonlocal attempts
+        attempts += 1
+        raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    # The database refuses every write (the group committer's writer is the ledger's).
+    monkeypatch.setattr(service.running.committer, "_write", broken)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await record(service, event("x1", org, 5))
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "retry" in (info.value.details() or "")
+    assert attempts == 3  # a passing database error is retried before giving up
+    monkeypatch.undo()
+    assert await record(service, event("x1", org, 5)) == (1, 0)
