@@ -127,6 +127,7 @@ class EmbeddingsHandler:
     async def _answer(self, request: Request, with_embeddings_field: bool) -> Response:
         request_id = str(uuid.uuid4())
         start = time.monotonic()
+        org = "-"
         try:
             if self.upstreams is None or self.auth is None:
                 raise ApiError(503, "The gateway is starting.", type_="service_unavailable")
@@ -138,6 +139,7 @@ class EmbeddingsHandler:
             ):
                 raise _too_large(self.settings.max_body_bytes)
             caller = await self.auth.caller(request.headers.get("authorization"))
+            org = caller.org_id
             raw = await self.read_body(request)
             try:
                 body = orjson.loads(raw)
@@ -169,8 +171,8 @@ class EmbeddingsHandler:
             level = logging.WARNING if err.status >= 500 else logging.INFO
             log.log(
                 level,
-                "embed_failed request_id=%s status=%d code=%s ms=%.1f",
-                request_id, err.status, err.code, 1000 * (time.monotonic() - start),
+                "embed_failed request_id=%s org=%s status=%d code=%s ms=%.1f",
+                request_id, org, err.status, err.code, 1000 * (time.monotonic() - start),
             )  # fmt: skip
             return error_response(err, request_id)
         self.metrics.inputs.inc(req.count)
