@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         "proxy_headers": False,
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
-        "timeout_keep_alive": 30,
+        "timeout_keep_alive": settings.keep_alive_s,
     }
     if settings.workers > 1:
         # Worker processes build their own app from the environment, so pass flags on there.

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     model_name: str = Field(default="intent-embed", description="the one model name the API serves")
     log_level: str = Field(default="info", description="logging level")
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        description="idle HTTP keep-alive; above a load balancer's idle timeout (often 60 s) "
+        "so it never reuses a connection the gateway just closed",
+    )
     graceful_shutdown_s: float = Field(
         default=10.0, ge=0, description="on SIGTERM, how long in-flight requests may finish"
     )
