@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
@@ -160,6 +160,25 @@ class UsageReport:
         }
 
 
+# The running-total upserts, as plain SQL that SQLite and PostgreSQL both accept: cheaper per
+# group commit than SQLAlchemy's dialect-specific insert constructs.
+_ADD_TOTALS = text(
+    "INSERT INTO usage_totals (org_id, tokens, requests, inputs) "
+    "VALUES (:org_id, :tokens, :requests, :inputs) "
+    "ON CONFLICT (org_id) DO UPDATE SET tokens = usage_totals.tokens + excluded.tokens, "
+    "requests = usage_totals.requests + excluded.requests, "
+    "inputs = usage_totals.inputs + excluded.inputs"
+)
+_ADD_DAILY = text(
+    "INSERT INTO usage_daily (org_id, project_id, model, day, tokens, requests, inputs) "
+    "VALUES (:org_id, :project_id, :model, :day, :tokens, :requests, :inputs) "
+    "ON CONFLICT (org_id, project_id, model, day) DO UPDATE SET "
+    "tokens = usage_daily.tokens + excluded.tokens, "
+    "requests = usage_daily.requests + excluded.requests, "
+    "inputs = usage_daily.inputs + excluded.inputs"
+)
+
+
 def validate_events(events: Sequence[Event]) -> None:
     """Raises InvalidUsage naming the first bad event (index) and how to fix it."""
     if not events:
@@ -205,6 +224,13 @@ class Ledger:
         # and projects, and only ever grown inside the single group-commit writer.
         self._known_orgs: set[str] = set()
         self._project_org: dict[str, str] = {}
+        # Built once: constructing the statement per group costs more than running it.
+        events = UsageEvent.__table__  # type: ignore[attr-defined]
+        self._events_insert = (
+            self._insert(events)
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(events.c.event_id)
+        )
 
     # ---- usage -------------------------------------------------------------------------
 
@@ -228,9 +254,7 @@ class Ledger:
             # was found once stays true: only ids not seen before cost a query.
             unseen_orgs = org_ids - self._known_orgs
             if unseen_orgs:
-                self._known_orgs |= self._existing(
-                    conn, Org.__table__.c.id, unseen_orgs  # type: ignore[attr-defined]
-                )
+                self._known_orgs |= self._existing(conn, col(Org.id), unseen_orgs)
             known_orgs = self._known_orgs
             for chunk in _chunks(sorted(project_ids - self._project_org.keys()), 500):
                 rows = conn.execute(
@@ -332,57 +356,32 @@ class Ledger:
     def _insert_events(self, conn: Connection, rows: list[dict[str, Any]]) -> set[str]:
         if not rows:
             return set()
-        table = UsageEvent.__table__  # type: ignore[attr-defined]
         inserted: set[str] = set()
         for chunk in _chunks(rows, 1000):
-            stmt = (
-                self._insert(table)
-                .on_conflict_do_nothing(index_elements=["event_id"])
-                .returning(table.c.event_id)
-            )
-            result = conn.execute(stmt, list(chunk))
+            result = conn.execute(self._events_insert, list(chunk))
             inserted.update(result.scalars())
         return inserted
 
     def _add_totals(self, conn: Connection, totals: dict[str, list[int]]) -> None:
         if not totals:
             return
-        table = UsageTotal.__table__  # type: ignore[attr-defined]
         # Sorted: concurrent writers (replicas on PostgreSQL) lock rows in the same order.
-        rows = [
-            {"org_id": org, "tokens": t[0], "requests": t[1], "inputs": t[2]}
-            for org, t in sorted(totals.items())
-        ]
-        stmt = self._insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["org_id"],
-            set_={
-                "tokens": table.c.tokens + stmt.excluded.tokens,
-                "requests": table.c.requests + stmt.excluded.requests,
-                "inputs": table.c.inputs + stmt.excluded.inputs,
-            },
+        conn.execute(
+            _ADD_TOTALS,
+            [
+                {"org_id": org, "tokens": t[0], "requests": t[1], "inputs": t[2]}
+                for org, t in sorted(totals.items())
+            ],
         )
-        for row in rows:
-            conn.execute(stmt, row)
 
     def _add_daily(
         self, conn: Connection, daily: dict[tuple[str, str, str, str], list[int]]
     ) -> None:
         if not daily:
             return
-        table = UsageDaily.__table__  # type: ignore[attr-defined]
-        stmt = self._insert(table)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["org_id", "project_id", "model", "day"],
-            set_={
-                "tokens": table.c.tokens + stmt.excluded.tokens,
-                "requests": table.c.requests + stmt.excluded.requests,
-                "inputs": table.c.inputs + stmt.excluded.inputs,
-            },
-        )
-        for (org, project, model, day), d in sorted(daily.items()):
-            conn.execute(
-                stmt,
+        conn.execute(
+            _ADD_DAILY,
+            [
                 {
                     "org_id": org,
                     "project_id": project,
@@ -391,8 +390,10 @@ class Ledger:
                     "tokens": d[0],
                     "requests": d[1],
                     "inputs": d[2],
-                },
-            )
+                }
+                for (org, project, model, day), d in sorted(daily.items())
+            ],
+        )
 
     # ---- reads ---------------------------------------------------------------------------
 
