@@ -25,11 +25,12 @@ METERING_SERVICE = "intent_embed.v1.MeteringService"
 # headless Service); the default pick_first would pin all traffic of this replica to one pod.
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
-_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+_CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.service_config", _SERVICE_CONFIG),
     ("grpc.enable_retries", 0),  # the one retry on UNAVAILABLE is ours, with the same request id
     # Keepalive finds dead connections (a pod gone without FIN) before a request waits on one.
-    # 60 s stays above what default servers accept without answering with too_many_pings.
+    # Pings go out only while calls are in flight (permit_without_calls=0), which servers on
+    # default settings accept without answering too_many_pings.
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 0),
@@ -37,7 +38,7 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.dns_min_time_between_resolutions_ms", 5_000),
-]
+)
 
 
 @dataclass
