@@ -227,9 +227,11 @@ def run(report: Any) -> None:
         report.line("postgres   skipped (set METERING_BENCH_DATABASE_URL)")
     one = results[("sqlite", 1)]
     rate = one.calls / one.seconds
+    capacity = one.calls / one.server_cpu_s
     report.line(
-        f"target >= 2,000 one-event calls/s on SQLite: {rate:.0f} -> "
-        f"{'MET' if rate >= 2000 else 'NOT MET'}"
+        f"target >= 2,000 one-event calls/s on SQLite: {rate:.0f} measured -> "
+        f"{'MET' if rate >= 2000 else 'NOT MET'}; CPU-bound capacity {capacity:.0f}/s per core "
+        "(the load generator shares the machine's cores, so the measured rate depends on load)"
     )
     direct = one.server_cpu_s / one.calls
     hundred = results[("sqlite", 100)]
