@@ -4,10 +4,13 @@ calls are in flight lets them finish, refuses new ones and exits 0."""
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -28,6 +31,12 @@ def test_help_lists_every_setting_with_env_var() -> None:
         assert f"EMBED_{name.upper()}" in out
 
 
+def _another_free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _wait_serving(address: str, process: subprocess.Popen[bytes], within_s: float) -> None:
     deadline = time.monotonic() + within_s
     with grpc.insecure_channel(address) as channel:
@@ -44,12 +53,19 @@ def _wait_serving(address: str, process: subprocess.Popen[bytes], within_s: floa
     raise AssertionError("the service did not turn SERVING")
 
 
+def _inflight(metrics_url: str) -> float:
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    match = re.search(r"^embed_inflight_requests (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def test_sigterm_drains_in_flight_calls_and_exits_zero(
     tiny_model_dir: Path, free_port: int, tmp_path: Path
 ) -> None:
+    metrics_port = _another_free_port()
     env = dict(os.environ)
     env.update(
-        EMBED_HOST="127.0.0.1", EMBED_PORT=str(free_port), EMBED_METRICS_PORT="0",
+        EMBED_HOST="127.0.0.1", EMBED_PORT=str(free_port), EMBED_METRICS_PORT=str(metrics_port),
         EMBED_MODEL_PATH=str(tiny_model_dir), EMBED_METERING_ADDR="", EMBED_DTYPE="float32",
         EMBED_SHUTDOWN_GRACE_S="30", EMBED_NUM_THREADS="1",
         # Tiny batches make the in-flight work last long enough to signal in the middle of it.
@@ -64,7 +80,7 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(
     address = f"127.0.0.1:{free_port}"
     try:
         _wait_serving(address, process, within_s=120)
-        texts = [f"message number {i} about my card" for i in range(600)]
+        texts = [f"message number {i} about my card" for i in range(1000)]
         with grpc.insecure_channel(
             address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         ) as channel:
@@ -73,11 +89,20 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(
                 stub.Embed.future(embed_pb2.EmbedRequest(inputs=texts), timeout=60)
                 for _ in range(2)
             ]
-            time.sleep(0.3)  # both calls are queued or in the model now
+            deadline = time.monotonic() + 30
+            while _inflight(f"http://127.0.0.1:{metrics_port}/metrics") < 2:
+                assert time.monotonic() < deadline, "the calls never reached the service"
+                time.sleep(0.02)
             assert not any(c.done() for c in calls), "calls finished before the signal"
             process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            try:
+                stub.Embed(embed_pb2.EmbedRequest(inputs=["late"]), timeout=10)
+                raise AssertionError("a call that arrived while draining was answered")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.UNAVAILABLE, err
             replies = [c.result() for c in calls]
-            assert [len(r.embeddings) for r in replies] == [600, 600]
+            assert [len(r.embeddings) for r in replies] == [1000, 1000]
         code = process.wait(timeout=60)
         assert code == 0, log_path.read_text()[-3000:]
         assert "shutdown_done" in log_path.read_text()
