@@ -183,6 +183,7 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
                 "METERING_HOST": self.host,
                 "METERING_PORT": str(self.ports.metering),
+                "METERING_METRICS_HOST": self.host,
                 "METERING_METRICS_PORT": str(self.ports.metering_metrics),
                 "METERING_DATABASE_URL": self.database_url,
                 "METERING_MIGRATE_ON_START": "true",
