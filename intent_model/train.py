@@ -57,13 +57,13 @@ class TrainConfig:
     out: Path
     data: Path
     epochs: float = 1.0
-    lr: float = 2e-5
+    lr: float = 5e-5
     batch_intents: int = 32
     per_intent: int = 4
     temperature: float = 0.05
     warmup: float = 0.1
     weight_decay: float = 0.01
-    max_length: int = 64
+    max_length: int = 48
     mix: float = 0.8
     mix_sweep: list[float] = field(default_factory=list)
     exclude_domains: list[str] = field(default_factory=list)
@@ -242,10 +242,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model.eval()
     train_seconds = time.monotonic() - started
     tuned_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # Save before the (slow, optional) evaluation so a run stopped there still leaves a model.
+    model.load_state_dict(mix_weights(base_state, tuned_state, cfg.mix))
+    save_model_dir(model, cfg.base, cfg.out)
 
     report: dict[str, Any] = {
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "trained_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": str(device),
         "steps": total_steps,
         "examples": len(data),
@@ -256,6 +259,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "torch": torch.__version__,
         "eval": {},
     }
+    (cfg.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_model_card(cfg.out / "README.md", report)
     if cfg.eval_splits:
         # Held-out-domain runs are judged on the intents they never saw; full runs on all.
         scope: dict[str, list[str] | None] = (
@@ -280,8 +285,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         s.oos_auroc or float("nan"),
                         s.v_measure,
                     )
-    model.load_state_dict(mix_weights(base_state, tuned_state, cfg.mix))
-    save_model_dir(model, cfg.base, cfg.out)
     report["total_seconds"] = round(time.monotonic() - started, 1)
     (cfg.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_model_card(cfg.out / "README.md", report)
