@@ -6,7 +6,14 @@ token budget (rows x longest row) and a row cap. The oldest waiting input is alw
 batch (no starvation); the rest of the batch is filled with the queued inputs closest to it in
 length, which keeps padding low. Results go back to the event loop while the thread already
 runs the next batch, so scattering answers and serialising responses overlap the model. A
-request larger than one batch is split and reassembled in order. A cancelled request (client
+request larger than one batch is split and reassembled in order.
+
+One bounded exception to "start at once": right after a batch of k inputs, when fewer than
+k are queued, the thread waits for more for at most a quarter of that batch's forward time
+(capped at `_MAX_REFILL_WAIT_S`). Under closed-loop load the callers just answered come back
+within a moment; without the wait, the first of them would run alone, and batches would
+alternate 1, k-1, 1, k-1 (measured over gRPC: mean batch C/2 at C = 16 and 64). A lone caller
+never waits: its previous batch had one input. A cancelled request (client
 gone, deadline passed) has its queued inputs removed; a batch already running for it finishes
 and its rows are dropped. The queue is capped: a request that would overflow it is refused.
 """
@@ -29,6 +36,8 @@ from embed_service.metrics import EmbedMetrics
 from embed_service.model import EmbeddingModel
 
 log = logging.getLogger(__name__)
+
+_MAX_REFILL_WAIT_S = 0.010
 
 
 @dataclass(eq=False)
@@ -71,6 +80,8 @@ class Batcher:
         # How far past the oldest input the batch builder looks for inputs of similar length.
         self._window = max(4 * max_batch_size, 64)
         self.batches_run = 0
+        self._last_batch = 0
+        self._last_forward_s = 0.0
 
     def start(self) -> None:
         """Starts the forward thread; call from the event loop that will await `embed`."""
@@ -165,6 +176,18 @@ class Batcher:
         self.metrics.queue_depth.set(len(queue))
         return batch
 
+    def _wait_for_refill(self) -> None:
+        """Caller holds the lock. See the module docstring: bounded, only after a big batch."""
+        expected = self._last_batch
+        if expected < 2 or len(self._queue) >= expected:
+            return
+        deadline = time.monotonic() + min(_MAX_REFILL_WAIT_S, self._last_forward_s / 4)
+        while len(self._queue) < expected and not self._closed:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
+
     def _run(self) -> None:
         assert self._loop is not None
         while True:
@@ -173,6 +196,7 @@ class Batcher:
                     self._cond.wait()
                 if not self._queue:
                     return  # closed and drained
+                self._wait_for_refill()
                 batch = self._take_batch()
             live = [item for item in batch if not item[0].cancelled]
             if not live:
@@ -189,6 +213,7 @@ class Batcher:
                 vectors, error = None, exc
             elapsed = time.monotonic() - now
             self.batches_run += 1
+            self._last_batch, self._last_forward_s = len(rows), elapsed
             self.metrics.forward_seconds.observe(elapsed)
             self.metrics.batch_size.observe(len(rows))
             width = max(len(r) for r in rows) + self.model.num_special_tokens
