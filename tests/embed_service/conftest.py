@@ -82,14 +82,14 @@ class Gate:
 
 
 @pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Callable[[EmbeddingModel], Gate]:
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[EmbeddingModel], Gate]]:
     gates: list[Gate] = []
 
     def make(model: EmbeddingModel) -> Gate:
         gates.append(Gate(model, monkeypatch))
         return gates[-1]
 
-    yield make  # type: ignore[misc]
+    yield make
     for g in gates:
         g.open()  # never leave the forward thread blocked
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -88,7 +89,7 @@ async def test_large_request_split_across_batches_keeps_order(
 
 
 async def test_health_not_serving_until_warm_up_then_serving(
-    serve: ServeFactory, tiny_model: EmbeddingModel, gate: type[Gate]
+    serve: ServeFactory, tiny_model: EmbeddingModel, gate: Callable[[EmbeddingModel], Gate]
 ) -> None:
     g = gate(tiny_model)
     async with serve(tiny_model, start=False) as running:
@@ -109,7 +110,7 @@ async def test_health_not_serving_until_warm_up_then_serving(
 
 
 async def test_full_queue_is_resource_exhausted_and_service_recovers(
-    serve: ServeFactory, tiny_model: EmbeddingModel, gate: type[Gate]
+    serve: ServeFactory, tiny_model: EmbeddingModel, gate: Callable[[EmbeddingModel], Gate]
 ) -> None:
     async with serve(tiny_model, max_queue_inputs=4, max_batch_size=2) as running:
         g = gate(tiny_model)
@@ -130,7 +131,7 @@ async def test_full_queue_is_resource_exhausted_and_service_recovers(
 
 
 async def test_cancelled_and_expired_calls_drop_their_work_and_batcher_keeps_going(
-    serve: ServeFactory, tiny_model: EmbeddingModel, gate: type[Gate]
+    serve: ServeFactory, tiny_model: EmbeddingModel, gate: Callable[[EmbeddingModel], Gate]
 ) -> None:
     async with serve(tiny_model, max_batch_size=1) as running:
         g = gate(tiny_model)
