@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,12 +82,13 @@ class _BenchMetering(metering_pb2_grpc.MeteringServiceServicer):
 
 
 @contextmanager
-def bench_metering() -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    metering_pb2_grpc.add_MeteringServiceServicer_to_server(_BenchMetering(), server)
+def serving(register: Callable[[grpc.Server], None], service: str, workers: int) -> Iterator[str]:
+    """A threaded gRPC server on 127.0.0.1 with `register`'s servicer, reporting SERVING."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", "intent_embed.v1.MeteringService"):
+    for name in ("", service):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -95,6 +96,16 @@ def bench_metering() -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(0)
+
+
+def bench_metering() -> AbstractContextManager[str]:
+    return serving(
+        lambda server: metering_pb2_grpc.add_MeteringServiceServicer_to_server(
+            _BenchMetering(), server
+        ),
+        "intent_embed.v1.MeteringService",
+        workers=4,
+    )
 
 
 @contextmanager
@@ -343,20 +354,12 @@ class _StubEmbed(embed_pb2_grpc.EmbedServiceServicer):
         return reply
 
 
-@contextmanager
-def stub_embed() -> Iterator[str]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    embed_pb2_grpc.add_EmbedServiceServicer_to_server(_StubEmbed(), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", "intent_embed.v1.EmbedService"):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
+def stub_embed() -> AbstractContextManager[str]:
+    return serving(
+        lambda server: embed_pb2_grpc.add_EmbedServiceServicer_to_server(_StubEmbed(), server),
+        "intent_embed.v1.EmbedService",
+        workers=8,
+    )
 
 
 def gateway_overhead(report: Any, queries: list[str]) -> None:
