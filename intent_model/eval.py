@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--domains", default="", help="comma-separated CLINC150 domains to restrict intents to"
     )
+    parser.add_argument(
+        "--card",
+        action="store_true",
+        help="append this run's table to MODEL_DIR/README.md (the model card)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device for a local model")
     parser.add_argument("--dtype", default="float32", help="dtype for a local model")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -162,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{encoder.describe()}  split={args.split}  domains={domains or 'all'}")
     print(format_table({"score": result}))
+    if args.card and not args.embed_addr:
+        card = (args.model_dir or default_model_dir()) / "README.md"
+        with card.open("a", encoding="utf-8") as f:
+            scope = ", ".join(domains) if domains else "all intents"
+            f.write(
+                f"\n### `python -m intent_model.eval` on CLINC150 {args.split} ({scope})\n\n"
+                f"```\n{format_table({'score': result})}\n```\n"
+            )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -71,9 +71,10 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(base: Path, data: Path, out: Path, mix: float, **kw: object) -> dict:
+    kw.setdefault("eval_splits", ["val"])
     cfg = TrainConfig(
         base=base, out=out, data=data, max_steps=3, batch_intents=2, per_intent=2, lr=1e-3,
-        mix=mix, device="cpu", eval_splits=["val"], **kw,  # type: ignore[arg-type]
+        mix=mix, device="cpu", **kw,  # type: ignore[arg-type]
     )  # fmt: skip
     return train(cfg)
 
@@ -137,3 +138,22 @@ def test_contrastive_loss_matches_hand_computation() -> None:
     assert float(loss) == pytest.approx(math.log(math.e + 2) - 1, rel=1e-6)
     swapped = supervised_contrastive_loss(z, torch.tensor([0, 1, 0, 1]), temperature=1.0)
     assert float(swapped) > float(loss)  # pulling apart same-intent pairs costs more
+
+
+def test_eval_cli_on_a_trained_directory_writes_json_and_card(
+    tiny_base: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    from intent_model.eval import main as eval_main
+
+    out = tmp_path / "trained"
+    _train(tiny_base, tiny_data, out, mix=0.8, eval_splits=[])
+    assert "(evaluation skipped)" in (out / "README.md").read_text()
+    result_file = tmp_path / "scores.json"
+    argv = [str(out), "--data", str(tiny_data), "--split", "val", "--json", str(result_file)]
+    assert eval_main([*argv, "--card"]) == 0
+    result = json.loads(result_file.read_text())
+    assert result["n_test"] == 8 and result["n_oos"] == 2 and result["n_intents"] == 4
+    assert 0.0 <= result["nearest_centroid_accuracy"] <= 1.0
+    card = (out / "README.md").read_text()
+    assert "on CLINC150 val (all intents)" in card
+    assert f"| nearest-centroid accuracy     | {result['nearest_centroid_accuracy']:.3f} |" in card
