@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertModel
 
 from embed_service.model import EmbeddingModel
-from intent_model.eval import default_model_dir
 from intent_model.train import TrainConfig, intent_batches, supervised_contrastive_loss, train
 
 _WORDS = {
@@ -27,29 +24,10 @@ _WORDS = {
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, 32-dim BERT from a config, with the packaged MiniLM's tokenizer files."""
-    base = tmp_path_factory.mktemp("tiny-base")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(base, safe_serialization=True)
-    minilm = default_model_dir()
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                 "modules.json"):  # fmt: skip
-        shutil.copy2(minilm / name, base / name)
-    (base / "1_Pooling").mkdir()
-    pooling = json.loads((minilm / "1_Pooling" / "config.json").read_text())
-    pooling["word_embedding_dimension"] = 32
-    (base / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
-    (base / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}))
-    return base
+def tiny_base(tiny_model_dir: Path) -> Path:
+    """The shared tiny BERT (2 layers, 32 dims, MiniLM's tokenizer) from tests/conftest.py;
+    training writes only to its own output directory, so the base can be shared."""
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
