@@ -73,7 +73,10 @@ async def test_info_describes_model_and_limits(
         info = await running.stub.Info(embed_pb2.InfoRequest())
     assert (info.dimensions, info.max_input_tokens, info.max_inputs) == (32, 62, 100)
     assert (info.max_batch_tokens, info.dtype, info.pooling, info.normalize) == (
-        4096, "float32", "mean", True,
+        4096,
+        "float32",
+        "mean",
+        True,
     )
 
 
@@ -178,11 +181,56 @@ async def test_usage_recorded_before_answer(
         await running.stub.Embed(embed_pb2.EmbedRequest(inputs=["hi"], org_id="org_1"))
     first, second = metering.events
     assert (first.event_id, first.org_id, first.project_id, first.model) == (
-        "req-42", "org_1", "proj_9", "intent-embed",
+        "req-42",
+        "org_1",
+        "proj_9",
+        "intent-embed",
     )
     assert first.tokens == reply.usage.prompt_tokens and first.inputs == 3
     assert first.at.seconds > 0
     assert len(second.event_id) == 36 and second.project_id == ""
+
+
+async def test_concurrent_usage_rides_in_one_call_and_a_refused_event_fails_only_its_request(
+    serve: ServeFactory, tiny_model: EmbeddingModel, fake_metering: tuple[FakeMetering, str]
+) -> None:
+    metering, address = fake_metering
+    metering.hold = asyncio.Event()
+    sink = MeteringUsageSink(address, timeout_s=10)
+    async with serve(tiny_model, sink=sink) as running:
+
+        def call(org: str, n: int) -> asyncio.Future[embed_pb2.EmbedResponse]:
+            request = embed_pb2.EmbedRequest(inputs=[f"text {n}"], org_id=org, request_id=f"r{n}")
+            return asyncio.ensure_future(running.stub.Embed(request, timeout=20))
+
+        first = call("org_1", 0)
+        await asyncio.wait_for(metering.received.wait(), 10)  # call 1 is held in metering
+        orgs = ["org_1"] * 9 + ["org_unknown"]
+        rest = [call(org, n) for n, org in enumerate(orgs, start=1)]
+        await eventually(lambda: len(sink._pending) == len(rest))
+        assert sink.calls == 1, "records were not held back while a call was in flight"
+        metering.hold.set()
+        replies = await asyncio.gather(first, *rest, return_exceptions=True)
+    failed = [r for r in replies if isinstance(r, grpc.aio.AioRpcError)]
+    assert [r.code() for r in failed] == [grpc.StatusCode.FAILED_PRECONDITION]
+    assert replies[-1] is failed[0], "the refused event must fail its own request only"
+    assert sorted(e.event_id for e in metering.events) == sorted(f"r{n}" for n in range(10))
+    # One call for the first record, one for the ten that waited (refused as a whole for the
+    # unknown org), then one per event to separate the refused one from the others.
+    assert sink.calls == 2 + len(rest)
+
+    metering.events.clear()
+    sink = MeteringUsageSink(address, timeout_s=10)  # stopping a server closes its sink
+    async with serve(tiny_model, sink=sink) as running:
+        stub = running.stub
+        await asyncio.gather(
+            *(
+                stub.Embed(embed_pb2.EmbedRequest(inputs=[f"q {n}"], org_id="org_1"), timeout=20)
+                for n in range(32)
+            )
+        )
+    assert len(metering.events) == 32
+    assert sink.calls < 32, "concurrent records were not coalesced"
 
 
 async def test_metering_failures_map_to_status_codes(
