@@ -25,6 +25,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from intent_embed.v1 import metering_pb2, metering_pb2_grpc
+
 log = logging.getLogger(__name__)
 
 
@@ -211,32 +213,36 @@ class Stack:
         env.update(self.extra_env)
         return env
 
-    def metering_admin(self, *args: str) -> dict[str, object]:
-        """Runs `python -m metering admin ... --json` against this stack's ledger."""
+    def _metering_cli(self, *args: str) -> str:
+        """Runs `python -m metering ARGS` against this stack's ledger; returns its stdout."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            [sys.executable, "-m", "metering", "admin", *args, "--json"],
+            [sys.executable, "-m", "metering", *args],
             env=self.env(),
             capture_output=True,
             text=True,
             timeout=120,
         )
         if result.returncode != 0:
-            raise StackError(f"metering admin {' '.join(args)} failed: {result.stderr.strip()}")
-        reply: dict[str, object] = json.loads(result.stdout)
+            raise StackError(f"metering {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def metering_admin(self, *args: str) -> dict[str, object]:
+        """Runs `python -m metering admin ... --json` against this stack's ledger."""
+        reply: dict[str, object] = json.loads(self._metering_cli("admin", *args, "--json"))
         return reply
 
     def migrate(self) -> None:
         """Brings the ledger schema up to date (`python -m metering migrate`)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            [sys.executable, "-m", "metering", "migrate"],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            raise StackError(f"metering migrate failed: {result.stderr.strip()}")
+        self._metering_cli("migrate")
+
+    def ledger_tokens(self, org_id: str) -> int:
+        """The org's cumulative billed tokens, as central metering's GetUsage reports them."""
+        with grpc.insecure_channel(self.metering_address) as channel:
+            reply = metering_pb2_grpc.MeteringServiceStub(channel).GetUsage(
+                metering_pb2.GetUsageRequest(org_id=org_id), timeout=30
+            )
+        return int(reply.total_tokens)
 
     def ensure_demo(self) -> dict[str, object]:
         """Creates (first run) or reuses the demo org, project and API key."""

@@ -19,7 +19,6 @@ import pytest
 import requests
 
 from devstack.stack import Ports, Stack
-from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +34,6 @@ def pod_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
     stack.start(timeout=240)
     yield stack, demo
     stack.stop()
-
-
-def ledger_tokens(stack: Stack, org_id: str) -> int:
-    with grpc.insecure_channel(stack.metering_address) as channel:
-        reply = metering_pb2_grpc.MeteringServiceStub(channel).GetUsage(
-            metering_pb2.GetUsageRequest(org_id=org_id), timeout=10
-        )
-    return int(reply.total_tokens)
 
 
 class Load:
@@ -95,7 +86,7 @@ def wait_for_ledger(stack: Stack, org: str, at_least: int, timeout: float = 60) 
     total = 0
     while time.monotonic() < deadline:
         try:
-            total = ledger_tokens(stack, org)
+            total = stack.ledger_tokens(org)
         except grpc.RpcError:
             total = 0
         if total >= at_least:
@@ -107,7 +98,7 @@ def wait_for_ledger(stack: Stack, org: str, at_least: int, timeout: float = 60) 
 def test_central_metering_outage_loses_and_doubles_nothing(pod_stack: tuple[Stack, dict]) -> None:
     stack, demo = pod_stack
     org = str(demo["org_id"])
-    before = ledger_tokens(stack, org)
+    before = stack.ledger_tokens(org)
     with Load(stack, str(demo["api_key"])) as load:
         time.sleep(2)
         stack.services["metering"].signal(signal.SIGKILL)
@@ -122,7 +113,7 @@ def test_central_metering_outage_loses_and_doubles_nothing(pod_stack: tuple[Stac
     expected = before + load.answered_tokens
     assert wait_for_ledger(stack, org, expected) == expected
     time.sleep(1.5)  # a late duplicate would show up now
-    assert ledger_tokens(stack, org) == expected
+    assert stack.ledger_tokens(org) == expected
 
 
 def test_sidecar_killed_and_restarted_loses_and_doubles_nothing(
@@ -130,7 +121,7 @@ def test_sidecar_killed_and_restarted_loses_and_doubles_nothing(
 ) -> None:
     stack, demo = pod_stack
     org = str(demo["org_id"])
-    before = ledger_tokens(stack, org)
+    before = stack.ledger_tokens(org)
     with Load(stack, str(demo["api_key"])) as load:
         time.sleep(2)
         stack.services["sidecar"].signal(signal.SIGKILL)
@@ -141,9 +132,9 @@ def test_sidecar_killed_and_restarted_loses_and_doubles_nothing(
     # While the sidecar is down the embed service refuses work rather than serve it unbilled.
     assert set(load.statuses) <= {200, 503}, load.statuses
     answered = before + load.answered_tokens
-    total = wait_for_ledger(stack, org, answered)
+    wait_for_ledger(stack, org, answered)
     time.sleep(1.5)
-    total = ledger_tokens(stack, org)
+    total = stack.ledger_tokens(org)
     # Every answered token is there once; unanswered calls cut off by the kill may have been
     # spooled before it (billed work the client then retried or saw fail), nothing beyond.
     assert answered <= total <= answered + load.failed_tokens_upper_bound

@@ -21,7 +21,7 @@ import requests
 from openai import OpenAI
 
 from devstack.stack import Stack
-from intent_embed.v1 import embed_pb2, embed_pb2_grpc, metering_pb2, metering_pb2_grpc
+from intent_embed.v1 import embed_pb2, embed_pb2_grpc
 
 QUERIES = [
     "my card was charged twice",
@@ -39,14 +39,6 @@ def grpc_vectors(stack: Stack, org_id: str, inputs: list[str]) -> np.ndarray:
     return np.array([list(e.values) for e in reply.embeddings], dtype=np.float32)
 
 
-def ledger_tokens(stack: Stack, org_id: str) -> int:
-    with grpc.insecure_channel(stack.metering_address) as channel:
-        reply = metering_pb2_grpc.MeteringServiceStub(channel).GetUsage(
-            metering_pb2.GetUsageRequest(org_id=org_id), timeout=30
-        )
-    return int(reply.total_tokens)
-
-
 def assert_same_vectors(got: np.ndarray, want: np.ndarray) -> None:
     assert got.shape == want.shape
     cosine = (got * want).sum(axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
@@ -62,7 +54,7 @@ def test_openai_client_single_string_list_and_encodings(
     stack: Stack, demo: dict[str, object], client: OpenAI
 ) -> None:
     org = str(demo["org_id"])
-    before = ledger_tokens(stack, org)
+    before = stack.ledger_tokens(org)
 
     single = client.embeddings.create(model="intent-embed", input=QUERIES[0])
     listed = client.embeddings.create(model="intent-embed", input=QUERIES)  # base64 by default
@@ -79,7 +71,7 @@ def test_openai_client_single_string_list_and_encodings(
 
     answered = single.usage.prompt_tokens + listed.usage.prompt_tokens + floats.usage.prompt_tokens
     grpc_tokens = floats.usage.prompt_tokens  # the direct gRPC call above is billed too
-    assert ledger_tokens(stack, org) - before == answered + grpc_tokens
+    assert stack.ledger_tokens(org) - before == answered + grpc_tokens
 
 
 def test_token_ids_and_dimensions(stack: Stack, demo: dict[str, object], client: OpenAI) -> None:
@@ -177,7 +169,7 @@ def test_errors_reach_the_client_in_openai_shape(stack: Stack, demo: dict[str, o
 
 def test_concurrent_clients_lose_no_usage(stack: Stack, demo: dict[str, object]) -> None:
     org = str(demo["org_id"])
-    before = ledger_tokens(stack, org)
+    before = stack.ledger_tokens(org)
     url = f"{stack.gateway_url}/v2/embeddings"
     headers = {"Authorization": f"Bearer {demo['api_key']}"}
     deadline = time.monotonic() + 8.0
@@ -201,7 +193,7 @@ def test_concurrent_clients_lose_no_usage(stack: Stack, demo: dict[str, object])
         results = list(pool.map(worker, range(64)))
     statuses = [s for _, ss in results for s in ss]
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-    assert ledger_tokens(stack, org) - before == sum(a for a, _ in results)
+    assert stack.ledger_tokens(org) - before == sum(a for a, _ in results)
 
 
 def test_packed_float32_matches_base64_payload(stack: Stack, demo: dict[str, object]) -> None:
