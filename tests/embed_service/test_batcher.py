@@ -1,11 +1,12 @@
 """The batcher on its own, with a recording stand-in model: inputs of similar length share a
 batch within the padded-token budget, the oldest input is never passed over, and each request
-gets its own rows back in order."""
+gets its own rows back in order; callers that come straight back are waited for, briefly."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -68,3 +69,69 @@ async def test_request_split_over_batches_is_reassembled_in_order() -> None:
         await batcher.close()
     assert all(len(b) <= 3 for b in model.batches) and sum(map(len, model.batches)) == 10
     assert result[:, 0].tolist() == [float(i) for i in range(1, 11)]
+
+
+class TimedModel:
+    """Takes `forward_s` per batch and records each batch's size and start time."""
+
+    dimensions = 2
+    num_special_tokens = 2
+
+    def __init__(self, forward_s: float) -> None:
+        self.forward_s = forward_s
+        self.batches: list[tuple[int, float]] = []
+
+    def embed_ids(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        self.batches.append((len(rows), time.monotonic()))
+        time.sleep(self.forward_s)
+        return np.array([[r[0], len(r)] for r in rows], dtype=np.float32)
+
+
+async def test_closed_loop_callers_are_waited_for_and_share_one_batch() -> None:
+    # Two callers that send their next request (4 inputs) as soon as they have their answer.
+    # B arrives while A's first batch runs, so A's and B's requests start out in turns; a
+    # batcher that only waits for as many inputs as its last batch had keeps them in turns
+    # (two half batches for ever). Expecting A back as well merges them.
+    model = TimedModel(forward_s=0.02)
+    batcher = Batcher(model, max_batch_tokens=4096, max_batch_size=64, max_queue_inputs=100)  # type: ignore[arg-type]
+    batcher.start()
+
+    async def caller(first: int) -> None:
+        rows = [[first + k, 1] for k in range(4)]
+        for _ in range(8):
+            out = await batcher.embed(rows)
+            assert out[:, 0].tolist() == [float(first + k) for k in range(4)]
+
+    try:
+        a = asyncio.ensure_future(caller(0))
+        await eventually(lambda: bool(model.batches))
+        await asyncio.gather(a, caller(100))
+    finally:
+        await batcher.close()
+    sizes = [size for size, _ in model.batches]
+    assert sum(sizes) == 64
+    # A alone, then A and B together, then B's last request alone.
+    assert sizes == [4] + [8] * 7 + [4], sizes
+
+
+async def test_a_lone_caller_never_waits_and_absent_callers_are_not_waited_for_long() -> None:
+    model = TimedModel(forward_s=0.08)
+    batcher = Batcher(model, max_batch_tokens=4096, max_batch_size=64, max_queue_inputs=100)  # type: ignore[arg-type]
+    batcher.start()
+    try:
+        await asyncio.gather(*(batcher.embed([[i]]) for i in range(8)))
+        # Eight requests finished; only one caller comes back. The batcher expects eight, but
+        # stops waiting once nothing arrived for a moment (not the 40 ms its cap would allow).
+        sent = time.monotonic()
+        await batcher.embed([[1]])
+        started = model.batches[-1][1] - sent
+        # One caller at a time: its previous batch finished one request, so no wait at all.
+        gaps = []
+        for _ in range(5):
+            sent = time.monotonic()
+            await batcher.embed([[2]])
+            gaps.append(model.batches[-1][1] - sent)
+    finally:
+        await batcher.close()
+    assert started < 0.025, started
+    assert max(gaps) < 0.01, gaps
