@@ -2,6 +2,12 @@
 
 SIGTERM / SIGINT drain: health turns NOT_SERVING, new calls are refused, in-flight calls get
 `EMBED_SHUTDOWN_GRACE_S` to finish, then the process exits 0.
+
+OpenMP's wait policy is left to libgomp (spin briefly, then sleep), on purpose: an earlier
+OMP_WAIT_POLICY=PASSIVE default made every parallel region of a forward pass wake its workers
+through the kernel; on a 2-core VM that doubled a batch-1 forward (9.5 -> 20 ms) and cut C=64
+throughput by a third. ACTIVE measured the same as the default there but keeps a core spinning
+while the service idles. An operator's own OMP_WAIT_POLICY / GOMP_SPINCOUNT still apply.
 """
 
 from __future__ import annotations
@@ -16,13 +22,6 @@ import sys
 from embed_service.settings import Settings
 
 log = logging.getLogger("embed_service")
-
-# Set before torch is imported (OpenMP reads it once). Spinning OpenMP workers keep both cores
-# busy between forward passes, starving the event loop and gRPC threads that prepare the next
-# batch: on the 2-core bench machine PASSIVE cut the C=1 overhead over the raw model from
-# +8.6 ms to +2.1 ms. An operator's own OMP_WAIT_POLICY wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 def parse_args(argv: list[str]) -> Settings:
     fields = Settings.model_fields
@@ -51,7 +50,7 @@ async def serve(settings: Settings) -> None:
     from prometheus_client import start_http_server
 
     from embed_service.metrics import EmbedMetrics
-    from embed_service.model import EmbeddingModel
+    from embed_service.model import load_on_own_thread
     from embed_service.server import build_server
     from embed_service.usage import MeteringUsageSink, NullUsageSink, UsageSink
 
@@ -64,8 +63,7 @@ async def serve(settings: Settings) -> None:
     else:
         log.warning("metering_off reason=EMBED_METERING_ADDR_empty usage_not_recorded=true")
         usage_sink = NullUsageSink()
-    model = await asyncio.to_thread(
-        EmbeddingModel.from_directory,
+    model = await load_on_own_thread(
         settings.resolved_model_path(),
         device=settings.device,
         dtype=settings.dtype,

@@ -29,7 +29,9 @@ class Settings(BaseSettings):
     model_name: str = Field("intent-embed", description="model name in answers and usage")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: str = Field(
-        "auto", description="auto | float32 | bfloat16 | float16 (auto: bf16 where native)"
+        "auto",
+        description="auto | float32 | bfloat16 | float16 "
+        "(auto: bf16 on CUDA, and on a CPU where native and faster; else float32)",
     )
     max_batch_tokens: int = Field(8192, description="padded tokens one forward pass may hold")
     max_batch_size: int = Field(128, description="inputs one forward pass may hold")

@@ -26,20 +26,41 @@ def test_encode_equals_sentence_transformers(minilm_fp32: EmbeddingModel, minilm
     assert ((got * reference).sum(axis=1)).min() >= 0.9999
 
 
-def test_auto_dtype_is_bf16_where_native_and_close_to_fp32(
+def test_bf16_vectors_stay_within_cosine_0_9999_of_fp32(
     minilm_fp32: EmbeddingModel, minilm_dir: Path
 ) -> None:
-    chosen = resolve_dtype("auto", torch.device("cpu"))
-    if chosen == torch.float32:
-        assert not cpu_has_native_bf16()
+    if not cpu_has_native_bf16():
         pytest.skip("this CPU has no native bf16 (torch's oneDNN says so): auto stays float32")
-    assert chosen == torch.bfloat16
-    auto = EmbeddingModel.from_directory(minilm_dir, device="cpu", dtype="auto")
-    assert auto.dtype_name == "bfloat16"
+    bf16 = EmbeddingModel.from_directory(minilm_dir, device="cpu", dtype="bfloat16")
+    assert bf16.dtype_name == "bfloat16"
     texts = clinc_test_texts(every=10)
-    cosines = (auto.encode(texts) * minilm_fp32.encode(texts)).sum(axis=1)
+    cosines = (bf16.encode(texts) * minilm_fp32.encode(texts)).sum(axis=1)
     worst = int(cosines.argmin())
     assert cosines[worst] >= 0.9999, f"input {worst} ({texts[worst]!r}): cosine {cosines[worst]}"
+
+
+@pytest.mark.parametrize(("native", "pays", "expected"), [
+    (True, True, torch.bfloat16),
+    (True, False, torch.float32),
+    (False, True, torch.float32),
+])
+def test_auto_dtype_on_cpu_is_bf16_only_where_native_and_faster(
+    monkeypatch: pytest.MonkeyPatch, native: bool, pays: bool, expected: torch.dtype
+) -> None:
+    import embed_service.model as model_module
+
+    monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(model_module, "cpu_bf16_pays", lambda: pays)
+    assert resolve_dtype("auto", torch.device("cpu")) == expected
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("float32", torch.device("cuda")) == torch.float32
+
+
+def test_bf16_probe_answers_on_this_cpu() -> None:
+    from embed_service.model import cpu_bf16_pays
+
+    assert isinstance(cpu_bf16_pays(), bool)
+    assert cpu_bf16_pays(min_speedup=1e6) is False  # no CPU runs bf16 a million times faster
 
 
 def test_unknown_dtype_is_refused() -> None:
