@@ -66,9 +66,8 @@ def write_model_card(path: Path, report: dict[str, Any]) -> None:
         f"{cfg['temperature']}. AdamW, peak learning rate {cfg['lr']}, {cfg['warmup']:.0%} linear",
         f"warm-up then linear decay, weight decay {cfg['weight_decay']}, {cfg['epochs']} epoch(s)"
         f" ({report['steps']} steps), max {cfg['max_length']} tokens, seed {cfg['seed']}.",
-        f"The saved weights are {cfg['mix']:g} x fine-tuned + {1 - cfg['mix']:g} x base",
-        "(weight-space mixing, WiSE-FT), which keeps most of the in-domain gain while staying",
-        "closer to the base model's geometry on intents the model never saw.",
+        *_preserve_lines(cfg, report),
+        *_mix_lines(cfg["mix"]),
         "",
         f"Device `{report['device']}`, torch {report['torch']}, training {report['train_seconds']}"
         f" s, whole run {report.get('total_seconds', 'n/a')} s; loss {report['first_loss']}"
@@ -93,6 +92,29 @@ def write_model_card(path: Path, report: dict[str, Any]) -> None:
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
+def _mix_lines(mix: float) -> list[str]:
+    if mix == 1.0:
+        return ["The saved weights are the fine-tuned ones (`--mix 1`, no weight-space mix)."]
+    return [
+        f"The saved weights are {mix:g} x fine-tuned + {1 - mix:g} x base",
+        "(weight-space mixing, WiSE-FT), which keeps most of the in-domain gain while staying",
+        "closer to the base model's geometry on intents the model never saw.",
+    ]
+
+
+def _preserve_lines(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    weight = cfg.get("preserve", 0.0)
+    if not weight:
+        return ["No geometry-preserving term (`--preserve 0`)."]
+    return [
+        f"Plus a geometry-preserving term (weight {weight:g}): the mean squared difference",
+        "between the in-batch cosine similarities of different-intent pairs under the model in",
+        "training and under the frozen base model, so the layout of intents relative to each",
+        "other stays near the base's while same-intent utterances are pulled together (term "
+        f"{report.get('preserve_first')} -> {report.get('preserve_last')}).",
+    ]
+
+
 def _cli(cfg: dict[str, Any]) -> str:
     parts = [
         f"--epochs {cfg['epochs']:g}",
@@ -101,6 +123,7 @@ def _cli(cfg: dict[str, Any]) -> str:
         f"--per-intent {cfg['per_intent']}",
         f"--temperature {cfg['temperature']:g}",
         f"--mix {cfg['mix']:g}",
+        f"--preserve {cfg.get('preserve', 0.0):g}",
         f"--seed {cfg['seed']}",
     ]
     if cfg.get("exclude_domains"):

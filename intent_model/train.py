@@ -2,9 +2,10 @@
 intent on the CLINC150 train split, writing a model directory the embed service loads unchanged
 (EMBED_MODEL_PATH) with a model card. The recipe: supervised contrastive loss over batches of
 P intents x K utterances (every other utterance of the same intent is a positive, every
-utterance of another intent an in-batch negative), a small learning rate for one epoch, then a
-weight-space mix with the base model (WiSE-FT) so intents from domains never seen in training
-keep the base model's geometry."""
+utterance of another intent an in-batch negative), a geometry-preserving term that holds the
+in-batch similarities between different intents near the frozen base model's (so training can
+run harder for the trained domains without drifting on domains it never saw), then a
+weight-space mix with the base model (WiSE-FT)."""
 
 from __future__ import annotations
 
@@ -56,15 +57,16 @@ class TrainConfig:
     base: Path
     out: Path
     data: Path
-    epochs: float = 1.0
-    lr: float = 5e-5
+    epochs: float = 3.0
+    lr: float = 1e-4
     batch_intents: int = 32
     per_intent: int = 4
     temperature: float = 0.05
     warmup: float = 0.1
     weight_decay: float = 0.01
     max_length: int = 48
-    mix: float = 0.8
+    mix: float = 1.0
+    preserve: float = 100.0
     mix_sweep: list[float] = field(default_factory=list)
     exclude_domains: list[str] = field(default_factory=list)
     seed: int = 0
@@ -127,6 +129,53 @@ def supervised_contrastive_loss(
     has_pos = pos_count > 0
     pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)
     return -(pos_log_prob[has_pos] / pos_count[has_pos]).mean()
+
+
+def relational_preserve_loss(
+    z: torch.Tensor, z_base: torch.Tensor, label_ids: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared difference between the student's and the frozen base model's in-batch
+    cosine similarities, over pairs of utterances of different intents only: same-intent pairs
+    are the contrastive loss's to tighten, while the layout of intents relative to each other,
+    which is what carries over to intents never trained on, is held near the base model's.
+    Zero when the student embeds the batch exactly as the base does; rows must be L2-normalised.
+    """
+    cross = label_ids[:, None] != label_ids[None, :]
+    if not bool(cross.any()):
+        return z.new_zeros(())
+    diff = (z @ z.T) - (z_base @ z_base.T)
+    return diff.pow(2)[cross].mean()
+
+
+@torch.no_grad()
+def base_embeddings(
+    model: torch.nn.Module,
+    embedder: Any,
+    ids: list[list[int]],
+    device: torch.device,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The base model's vectors of every training utterance (same truncation and pooling as
+    training), computed once before the first step; dropout is off as in serving."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = torch.empty(0)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        input_ids, attention_mask = embedder.pad([ids[i] for i in chunk])
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        hidden = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=torch.zeros_like(input_ids),
+        ).last_hidden_state
+        z = pool(hidden, attention_mask, embedder.pooling.mode).cpu()
+        if out.numel() == 0:
+            out = torch.empty(len(ids), z.shape[1])
+        out[chunk] = z
+    model.train(was_training)
+    return out
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -201,6 +250,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    # Frozen base vectors for the geometry-preserving term; one pass over train before step 0.
+    z_base_all = base_embeddings(model, embedder, ids, device) if cfg.preserve > 0 else None
     use_bf16 = device.type == "cuda"
     log.info(
         "train_start examples=%d intents=%d held_out_domains=%s steps=%d device=%s bf16=%s",
@@ -213,6 +264,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     model.train()
     losses: list[float] = []
+    preserve_losses: list[float] = []
     step = 0
     bar = tqdm(total=total_steps, desc="train", unit="step")
     while step < total_steps:
@@ -228,7 +280,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     token_type_ids=torch.zeros_like(input_ids),
                 ).last_hidden_state
             z = pool(hidden, attention_mask, embedder.pooling.mode)
-            loss = supervised_contrastive_loss(z, label_ids[batch].to(device), cfg.temperature)
+            batch_labels = label_ids[batch].to(device)
+            loss = supervised_contrastive_loss(z, batch_labels, cfg.temperature)
+            if z_base_all is not None:
+                kept = relational_preserve_loss(z, z_base_all[batch].to(device), batch_labels)
+                preserve_losses.append(float(kept.item()))
+                loss = loss + cfg.preserve * kept
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -237,7 +294,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             losses.append(float(loss.item()))
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            postfix = {"loss": f"{np.mean(losses[-20:]):.3f}"}
+            if preserve_losses:
+                postfix["preserve"] = f"{np.mean(preserve_losses[-20:]):.4f}"
+            bar.set_postfix(postfix)
     bar.close()
     model.eval()
     train_seconds = time.monotonic() - started
@@ -256,6 +316,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "first_loss": round(float(np.mean(losses[:20])), 4),
         "last_loss": round(float(np.mean(losses[-20:])), 4),
         "train_seconds": round(train_seconds, 1),
+        "preserve_first": (
+            round(float(np.mean(preserve_losses[:20])), 5) if preserve_losses else None
+        ),
+        "preserve_last": (
+            round(float(np.mean(preserve_losses[-20:])), 5) if preserve_losses else None
+        ),
         "torch": torch.__version__,
         "eval": {},
     }
@@ -315,9 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="output model directory (default models/intent-minilm, git-ignored)",
     )
     p.add_argument("--data", type=Path, default=None, help="CLINC150 data_full.json")
-    p.add_argument("--epochs", type=float, default=d.epochs, help="passes over train")
+    p.add_argument(
+        "--epochs", type=float, default=d.epochs, help="passes over train (default %(default)s)"
+    )
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: off)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak AdamW learning rate")
+    p.add_argument(
+        "--lr", type=float, default=d.lr, help="peak AdamW learning rate (default %(default)s)"
+    )
     p.add_argument(
         "--batch-intents", type=int, default=d.batch_intents, help="distinct intents per batch (P)"
     )
@@ -337,7 +407,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--mix",
         type=float,
         default=d.mix,
-        help="weight of the fine-tuned model in the saved weights; the rest is base",
+        help="weight of the fine-tuned model in the saved weights; the rest is base "
+        "(default %(default)s: no mix)",
+    )
+    p.add_argument(
+        "--preserve",
+        type=float,
+        default=d.preserve,
+        help="weight of the geometry-preserving term: mean squared difference between the "
+        "in-batch cosine similarities of different-intent pairs under the trained and the "
+        "frozen base model (default %(default)s; 0: off)",
     )
     p.add_argument(
         "--mix-sweep", default="", help="extra comma-separated mix values to evaluate (not saved)"
@@ -378,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         weight_decay=args.weight_decay,
         max_length=args.max_length,
         mix=args.mix,
+        preserve=args.preserve,
         mix_sweep=_floats(args.mix_sweep),
         exclude_domains=[x for x in args.exclude_domains.split(",") if x],
         seed=args.seed,

@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from embed_service.model import EmbeddingModel
-from intent_model.train import TrainConfig, intent_batches, supervised_contrastive_loss, train
+from intent_model.train import (
+    TrainConfig,
+    intent_batches,
+    relational_preserve_loss,
+    supervised_contrastive_loss,
+    train,
+)
 
 _WORDS = {
     "balance": ["how much money is in my account", "what is my balance", "show my funds"],
@@ -135,3 +141,39 @@ def test_eval_cli_on_a_trained_directory_writes_json_and_card(
     card = (out / "README.md").read_text()
     assert "on CLINC150 val (all intents)" in card
     assert f"| nearest-centroid accuracy     | {result['nearest_centroid_accuracy']:.3f} |" in card
+
+
+def test_preserve_term_is_zero_for_the_base_geometry_and_grows_with_drift() -> None:
+    gen = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(8, 16, generator=gen), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert float(relational_preserve_loss(base, base, labels)) == pytest.approx(0.0, abs=1e-7)
+    # A rotation keeps every cosine similarity, so it is not penalised.
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=gen))
+    assert float(relational_preserve_loss(base @ q, base, labels)) == pytest.approx(0.0, abs=1e-6)
+    noise = torch.randn(8, 16, generator=gen)
+    small = torch.nn.functional.normalize(base + 0.1 * noise, dim=1)
+    large = torch.nn.functional.normalize(base + 1.0 * noise, dim=1)
+    assert 0.0 < float(relational_preserve_loss(small, base, labels))
+    assert float(relational_preserve_loss(small, base, labels)) < float(
+        relational_preserve_loss(large, base, labels)
+    )
+    # Hand computation on two 2-d points of different intents: cos 0 in base, cos 1 after.
+    e = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    collapsed = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert float(relational_preserve_loss(collapsed, e, torch.tensor([0, 1]))) == pytest.approx(1.0)
+    # Same-intent pairs are left to the contrastive loss: collapsing them costs nothing.
+    assert float(relational_preserve_loss(collapsed, e, torch.tensor([0, 0]))) == 0.0
+
+
+def test_training_with_the_preserve_term_reports_it_in_metrics_and_card(
+    tiny_base: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    free = _train(tiny_base, tiny_data, tmp_path / "free", mix=1.0, eval_splits=[], preserve=0.0)
+    out = tmp_path / "held"
+    held = _train(tiny_base, tiny_data, out, mix=1.0, eval_splits=[], preserve=5.0)
+    assert free["preserve_first"] is None
+    assert math.isfinite(held["preserve_first"]) and held["preserve_first"] >= 0.0
+    assert json.loads((out / "metrics.json").read_text())["config"]["preserve"] == 5.0
+    card = (out / "README.md").read_text()
+    assert "--preserve 5" in card and "geometry-preserving term (weight 5)" in card
