@@ -393,11 +393,6 @@ def run(report: Any) -> None:
     """The REST section of `python -m bench`."""
     _say(report, "REST gateway (wrk) vs gRPC vs raw model; one CLINC150 query per request")
     _say(report, "  note: 2 shared cores; the load generators compete with the servers for CPU")
-    if "OMP_WAIT_POLICY" not in os.environ:
-        # Measured here with other jobs running: batch-1 101 ms with spinning OpenMP threads,
-        # 16 ms with OMP_WAIT_POLICY=PASSIVE (15 ms with one thread).
-        _say(report, "  note: OMP_WAIT_POLICY unset; on a busy CPU torch's spinning threads can "
-                     "slow the model 5-10x (try OMP_WAIT_POLICY=PASSIVE)")  # fmt: skip
     queries = load_queries()
     raw_p50, raw_rate, dtype = raw_model(queries)
     _say(report, f"  raw in-process ({dtype}): batch-1 p50={raw_p50:.2f} ms, "

@@ -6,8 +6,10 @@ SIGTERM / SIGINT drain: health turns NOT_SERVING, new calls are refused, in-flig
 OpenMP's wait policy is left to libgomp (spin briefly, then sleep), on purpose: an earlier
 OMP_WAIT_POLICY=PASSIVE default made every parallel region of a forward pass wake its workers
 through the kernel; on a 2-core VM that doubled a batch-1 forward (9.5 -> 20 ms) and cut C=64
-throughput by a third. ACTIVE measured the same as the default there but keeps a core spinning
-while the service idles. An operator's own OMP_WAIT_POLICY / GOMP_SPINCOUNT still apply.
+throughput by a third. OMP_WAIT_POLICY=ACTIVE is an operator's choice for a CPU pod that serves
+steadily: in paired runs there it cut the batch-1 forward by 1-3 ms and added ~10% at C=64, but a
+worker then spins a whole core for about five minutes after the last request (a bounded
+GOMP_SPINCOUNT lost the gain). An operator's OMP_WAIT_POLICY / GOMP_SPINCOUNT always apply.
 """
 
 from __future__ import annotations
