@@ -18,9 +18,16 @@ the wait the first caller back would run alone and batches would alternate 1, k-
 for the k just answered (the first version) kept two half batches at C = 64 over gRPC, where one
 batch of 64 runs 1.4x faster than two of 32 on 2 cores and the event loop's work for the
 callers no longer competes with the forward pass. A lone caller never waits: it finished one
-request, expects one input, and that is the one that arrives. A cancelled request (client
-gone, deadline passed) has its queued inputs removed; a batch already running for it finishes
-and its rows are dropped. The queue is capped: a request that would overflow it is refused.
+request, expects one input, and that is the one that arrives. Measured limits: in `make bench`
+the forward thread often got back to this check more than the gap after its forward ended (it
+waits for the GIL while the loop works), so mean batches at C = 64 were 33-41, not 64; a variant
+that waited for the first caller to be back raised them to 41-51 but not the throughput on the
+2-core VM (paired runs 301/292 vs 312/345 per s), where the service ran batches of 32 and 64 at
+about the same rate. A GPU, where a bigger batch costs little more, may tell them apart.
+
+A cancelled request (client gone, deadline passed) has its queued inputs removed; a batch
+already running for it finishes and its rows are dropped. The queue is capped: a request that
+would overflow it is refused.
 """
 
 from __future__ import annotations
