@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from devstack.stack import free_port, grpc_serving
 
 REPO = Path(__file__).resolve().parents[1]
 CLINC150 = REPO.parent / "shared" / "data" / "clinc150" / "data_full.json"
@@ -47,12 +47,6 @@ def load_queries() -> list[str]:
     if CLINC150.exists():
         return [text for text, _ in json.loads(CLINC150.read_text())["test"]]
     return _FALLBACK * 64
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raw_ceiling(dtype: str, queries: list[str], whole_model: bool = False) -> dict[str, Any]:
@@ -103,17 +97,6 @@ def raw_ceiling(dtype: str, queries: list[str], whole_model: bool = False) -> di
         "best_batch": best,
         "best_per_s": throughput[best],
     }
-
-
-def _serving(address: str) -> bool:
-    try:
-        with grpc.insecure_channel(address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-    except grpc.RpcError:
-        return False
 
 
 def _rss_mib(pid: int, key: str) -> float:
@@ -178,7 +161,7 @@ def run(report: Any) -> None:
         )
         try:
             deadline = time.monotonic() + 180
-            while not _serving(address):
+            while not grpc_serving(address):
                 if service.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(
                         "embed service did not start: "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,8 +26,8 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.stack import free_port, grpc_serving
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,13 +47,7 @@ class Result:
     server_cpu_s: float
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (Linux)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -62,7 +55,7 @@ def _cpu_seconds(pid: int) -> float:
 
 @contextmanager
 def _service(url: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -76,16 +69,10 @@ def _service(url: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     proc = subprocess.Popen([sys.executable, "-m", "metering"], env=env, cwd=ROOT)
     try:
         deadline = time.monotonic() + 60
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise RuntimeError("metering did not start") from None
-                    time.sleep(0.1)
+        while not grpc_serving(f"127.0.0.1:{port}"):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("metering did not start")
+            time.sleep(0.1)
         yield port, proc
     finally:
         proc.terminate()
@@ -135,10 +122,10 @@ def _measure(url: str, per_call: int) -> Result:
     engine.dispose()
     with _service(url) as (port, proc):
         asyncio.run(_load(port, org, per_call, 1.0))  # warm-up: connections, caches
-        cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
         calls, events = asyncio.run(_load(port, org, per_call, SECONDS))
         seconds = time.monotonic() - t0
-        cpu = _cpu_seconds(proc.pid) - cpu0
+        cpu = cpu_seconds(proc.pid) - cpu0
     return Result(calls, events, seconds, cpu)
 
 
@@ -298,9 +285,9 @@ def _served_share(report: Any, calls: int = 1500, concurrency: int = 64) -> None
                     await asyncio.gather(*(one(i) for i in range(n)))
 
             asyncio.run(drive(100))  # warm up
-            before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             asyncio.run(drive(calls))
-            used = {name: _cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+            used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
         finally:
             stack.stop()
     share = used["metering"] / used["embed"]

@@ -16,7 +16,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import requests
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from bench.metering import cpu_seconds
+from devstack.stack import free_port, grpc_serving, http_ok
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc, metering_pb2, metering_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,12 +59,6 @@ def _say(report: Any, line: str) -> None:
 def load_queries() -> list[str]:
     rows = json.loads(CLINC150.read_text())["test"]
     return [text for text, _intent in rows]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _BenchMetering(metering_pb2_grpc.MeteringServiceServicer):
@@ -131,29 +125,6 @@ def process(args: list[str], env: dict[str, str], ready: Callable[[], bool]) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def grpc_serving(addr: str) -> bool:
-    try:
-        with grpc.insecure_channel(addr) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1
-            )
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-    except grpc.RpcError:
-        return False
-
-
-def http_ok(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
