@@ -5,14 +5,14 @@ directory's sentence-transformers files say), device and dtype choice, token cou
 (tokenizer tokens without special tokens) and the forward pass that turns token ids into
 float32 vectors.
 
-Reduced precision (bfloat16 / float16) is applied where it pays and keeps the vectors: the
-matrix multiplications of the Linear layers run in it with weights cast once at load, while
-the residual stream, LayerNorm, attention softmax, the last transformer block, pooling and
-normalisation stay float32. Measured on the 4,500 CLINC150 test texts against float32 on an
-AMD EPYC with AVX512-BF16: casting the whole model (`model.to(bfloat16)`) leaves 79 vectors under
-cosine 0.9999 (worst 0.99974); this scheme leaves none (worst 0.99992), while the block-wise
-float32 parts cost little for short inputs. On a CPU, `auto` takes bf16 only where a short
-probe at load finds it faster than float32 (`cpu_bf16_pays`).
+BERT encoders (all-MiniLM-L6-v2 and models fine-tuned from it) run on the unpadded path of
+`embed_service.packed`: matrix work only on real tokens, reduced precision there with the
+residual stream, LayerNorm, the last block and pooling in float32. Any other architecture runs
+transformers' padded forward, where reduced precision is applied to the Linear layers of all
+blocks but the last (`lower_linear_precision`). Either way the vectors of the 4,500 CLINC150 test
+texts stay at cosine >= 0.9999 of float32, which casting the whole model (`model.to(bfloat16)`)
+does not (81 under it on an AMD EPYC with AVX512-BF16, worst 0.99974). On a CPU, `auto` takes
+bf16 only where a short probe at load finds it faster than float32 (`cpu_bf16_pays`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from embed_service.packed import Packed, PackedBert, packed_encoder
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +146,10 @@ class EmbeddingModel:
         pooling: PoolingConfig,
         device: torch.device,
         dtype: torch.dtype,
+        packed: PackedBert | None = None,
     ) -> None:
         self.model = model
+        self.packed = packed
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.device = device
@@ -171,8 +175,14 @@ class EmbeddingModel:
         device: str = "auto",
         dtype: str = "auto",
         num_threads: int = 0,
+        packed: bool = True,
     ) -> EmbeddingModel:
-        """Loads a local model directory; never touches the network."""
+        """Loads a local model directory; never touches the network.
+
+        `packed` runs BERT encoders on the unpadded path (`embed_service.packed`); False, or a
+        model that path does not cover, runs transformers' padded forward. `model` stays the
+        float32 transformers module on the unpadded path (training code uses it directly).
+        """
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         if num_threads > 0:
@@ -184,23 +194,25 @@ class EmbeddingModel:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
         model = AutoModel.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
         model.eval()
-        if torch_dtype != torch.float32:
-            lower_linear_precision(model, torch_dtype)
         model.to(dev)
+        fast = packed_encoder(model, torch_dtype) if packed else None
+        if fast is None and torch_dtype != torch.float32:
+            lower_linear_precision(model, torch_dtype)
         pooling = read_pooling_config(directory, int(model.config.max_position_embeddings))
         log.info(
-            "model_loaded path=%s device=%s dtype=%s pooling=%s normalize=%s max_seq=%d "
-            "threads=%d seconds=%.2f",
+            "model_loaded path=%s device=%s dtype=%s forward=%s pooling=%s normalize=%s "
+            "max_seq=%d threads=%d seconds=%.2f",
             directory.name,
             dev,
             str(torch_dtype).removeprefix("torch."),
+            "unpadded" if fast is not None else "padded",
             pooling.mode,
             pooling.normalize,
             pooling.max_seq_length,
             torch.get_num_threads(),
             time.monotonic() - started,
         )
-        return cls(model, tokenizer, pooling, dev, torch_dtype)
+        return cls(model, tokenizer, pooling, dev, torch_dtype, fast)
 
     @property
     def dtype_name(self) -> str:
@@ -232,11 +244,16 @@ class EmbeddingModel:
     def embed_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Vectors [n, dim] float32 of inputs given as ids without special tokens.
 
-        Each input must already fit `max_input_tokens`; the batch is padded to its longest
-        input, so callers group inputs of similar length.
+        Each input must already fit `max_input_tokens`. Attention (and, on the padded path,
+        every layer) works on the batch padded to its longest input, so callers group inputs
+        of similar length.
         """
-        input_ids, attention_mask = self.pad(batch)
-        return self.forward(input_ids, attention_mask)
+        if self.packed is None:
+            input_ids, attention_mask = self.pad(batch)
+            return self.forward(input_ids, attention_mask)
+        with torch.inference_mode():
+            packed = Packed.of(batch, self._prefix, self._suffix, self.device)
+            return self._finish(self.packed(packed, self.pooling.mode))
 
     def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Adds special tokens and right-pads into (input_ids, attention_mask) int64 tensors."""
@@ -251,6 +268,7 @@ class EmbeddingModel:
         return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
+        """Vectors of a padded batch through transformers' own forward pass."""
         with torch.inference_mode():
             input_ids = input_ids.to(self.device, non_blocking=True)
             attention_mask = attention_mask.to(self.device, non_blocking=True)
@@ -263,9 +281,12 @@ class EmbeddingModel:
             else:
                 mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            if self.pooling.normalize:
-                pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-            return pooled.cpu().numpy().astype(np.float32, copy=False)
+            return self._finish(pooled)
+
+    def _finish(self, pooled: torch.Tensor) -> np.ndarray:
+        if self.pooling.normalize:
+            pooled = torch.nn.functional.normalize(pooled.float(), p=2.0, dim=1)
+        return pooled.float().cpu().numpy().astype(np.float32, copy=False)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Vectors [n, dim] float32 of `texts`, truncated to the model's limit, in input order.
@@ -353,7 +374,11 @@ def _bare_fast_tokenizer(tokenizer: PreTrainedTokenizerBase) -> Any:
 
 
 async def load_on_own_thread(
-    path: str | os.PathLike[str], device: str = "auto", dtype: str = "auto", num_threads: int = 0
+    path: str | os.PathLike[str],
+    device: str = "auto",
+    dtype: str = "auto",
+    num_threads: int = 0,
+    packed: bool = True,
 ) -> EmbeddingModel:
     """`EmbeddingModel.from_directory` on a thread that ends when the model is loaded.
 
@@ -376,7 +401,7 @@ async def load_on_own_thread(
 
     def load() -> None:
         try:
-            model = EmbeddingModel.from_directory(path, device, dtype, num_threads)
+            model = EmbeddingModel.from_directory(path, device, dtype, num_threads, packed)
         except BaseException as exc:  # handed to the awaiting coroutine
             loop.call_soon_threadsafe(settle, None, exc)
         else:

@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         description="auto | float32 | bfloat16 | float16 "
         "(auto: bf16 on CUDA, and on a CPU where native and faster; else float32)",
     )
+    unpadded: bool = Field(
+        True,
+        description="run BERT encoders on the unpadded path: matrix work on real tokens only "
+        "(false: transformers' padded forward)",
+    )
     max_batch_tokens: int = Field(8192, description="padded tokens one forward pass may hold")
     max_batch_size: int = Field(128, description="inputs one forward pass may hold")
     max_inputs: int = Field(2048, description="inputs one request may carry")

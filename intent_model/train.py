@@ -224,7 +224,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     started = time.monotonic()
     seed_everything(cfg.seed)
-    embedder = EmbeddingModel.from_directory(cfg.base, device=cfg.device, dtype="float32")
+    embedder = EmbeddingModel.from_directory(
+        cfg.base, device=cfg.device, dtype="float32", packed=False  # trained in place
+    )
     device, model = embedder.device, embedder.model
     splits = load_clinc(cfg.data)
     held_out = intents_of(cfg.exclude_domains) if cfg.exclude_domains else set()
