@@ -1,13 +1,14 @@
 """Runs every benchmark section in order and prints one report.
 
 A section is a module in `SECTIONS` exposing `run(report) -> None`; it writes lines with
-`report.line(text)` (and may open a heading with `report.section(title)`). Sections whose
-module does not exist yet are listed as skipped; a section that fails is reported as failed
-and the others still run. `python -m bench embed rest` runs only the sections named.
+`report.line(text)` (and may open a heading with `report.section(title)`). A section that
+fails is reported as failed and the others still run. `python -m bench embed rest` runs only
+the sections named; `--help` lists them.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 import time
@@ -40,18 +41,26 @@ class Report:
 
 
 def main(argv: list[str]) -> int:
-    wanted = [f"bench.{name}" for name in argv] or SECTIONS
+    names = [name.removeprefix("bench.") for name in SECTIONS]
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Throughput and latency of the served paths against the raw model, "
+        "measured in one run on this machine (`make bench` runs every section).",
+    )
+    parser.add_argument(
+        "sections", nargs="*", metavar="SECTION",
+        help=f"sections to run, in order (default: all of {', '.join(names)})",
+    )
+    chosen = parser.parse_args(argv).sections
+    unknown = [name for name in chosen if name not in names]
+    if unknown:
+        parser.error(f"no section {', '.join(unknown)}; the sections are {', '.join(names)}")
+    wanted = [f"bench.{name}" for name in chosen] or SECTIONS
     report = Report()
     outcome: list[str] = []
     for name in wanted:
         started = time.monotonic()
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-            outcome.append(f"{name}: skipped (module not present)")
-            continue
+        module = importlib.import_module(name)
         report.section(name)
         try:
             module.run(report)

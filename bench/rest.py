@@ -407,6 +407,9 @@ def run(report: Any) -> None:
     _say(report, f"    REST c=64 / raw best-batch = {at64:.2f} (#4 target >= 0.60: "
                  f"{'PASS' if at64 >= 0.6 else 'MISS'}; #7 target >= 0.70: "
                  f"{'PASS' if at64 >= 0.7 else 'MISS'})")  # fmt: skip
+    grpc64 = next(r for r in grpc_results if r.name == "gRPC C=64")
+    _say(report, f"    REST c=64 / gRPC C=64 = {by_c[64].rps / grpc64.rps:.2f} (what the gateway "
+                 "keeps of the service's throughput)")  # fmt: skip
     _say(report, f"    REST c=1 p50 = {by_c[1].p50_ms:.2f} ms (target <= 6) "
                  f"{'PASS' if by_c[1].p50_ms <= 6 else 'MISS'}")  # fmt: skip
     _say(report, f"    gateway p50 overhead at C=1 = {overhead:.2f} ms over gRPC (target <= 2) "
