@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -52,7 +53,7 @@ async def serve(settings: Settings) -> None:
     from prometheus_client import start_http_server
 
     from embed_service.metrics import EmbedMetrics
-    from embed_service.model import load_on_own_thread
+    from embed_service.model import EmbeddingModel, load_on_own_thread
     from embed_service.server import build_server
     from embed_service.usage import MeteringUsageSink, NullUsageSink, UsageSink
 
@@ -66,10 +67,14 @@ async def serve(settings: Settings) -> None:
         log.warning("metering_off reason=EMBED_METERING_ADDR_empty usage_not_recorded=true")
         usage_sink = NullUsageSink()
     model = await load_on_own_thread(
-        settings.resolved_model_path(),
-        device=settings.device,
-        dtype=settings.dtype,
-        num_threads=settings.num_threads or (os.cpu_count() or 1),
+        functools.partial(
+            EmbeddingModel.from_directory,
+            settings.resolved_model_path(),
+            device=settings.device,
+            dtype=settings.dtype,
+            num_threads=settings.num_threads or (os.cpu_count() or 1),
+            packed=settings.unpadded,
+        )
     )
     server = build_server(model, usage_sink, settings, metrics)
     stop = asyncio.Event()

@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -284,9 +284,10 @@ class EmbeddingModel:
             return self._finish(pooled)
 
     def _finish(self, pooled: torch.Tensor) -> np.ndarray:
+        """float32 numpy vectors of pooled float32 tensors, normalised if the model says so."""
         if self.pooling.normalize:
-            pooled = torch.nn.functional.normalize(pooled.float(), p=2.0, dim=1)
-        return pooled.float().cpu().numpy().astype(np.float32, copy=False)
+            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+        return pooled.cpu().numpy()
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Vectors [n, dim] float32 of `texts`, truncated to the model's limit, in input order.
@@ -373,14 +374,9 @@ def _bare_fast_tokenizer(tokenizer: PreTrainedTokenizerBase) -> Any:
     return bare
 
 
-async def load_on_own_thread(
-    path: str | os.PathLike[str],
-    device: str = "auto",
-    dtype: str = "auto",
-    num_threads: int = 0,
-    packed: bool = True,
-) -> EmbeddingModel:
-    """`EmbeddingModel.from_directory` on a thread that ends when the model is loaded.
+async def load_on_own_thread(load: Callable[[], EmbeddingModel]) -> EmbeddingModel:
+    """Runs `load` (an `EmbeddingModel.from_directory` call, say) on a thread that ends when the
+    model is loaded.
 
     Not `asyncio.to_thread`: libgomp gives every thread that runs an OpenMP region a pool of
     worker threads for the life of that thread. Loading runs such regions (the bf16 weight
@@ -399,15 +395,15 @@ async def load_on_own_thread(
         else:
             done.set_result(result)  # type: ignore[arg-type]
 
-    def load() -> None:
+    def run() -> None:
         try:
-            model = EmbeddingModel.from_directory(path, device, dtype, num_threads, packed)
+            model = load()
         except BaseException as exc:  # handed to the awaiting coroutine
             loop.call_soon_threadsafe(settle, None, exc)
         else:
             loop.call_soon_threadsafe(settle, model, None)
 
-    thread = threading.Thread(target=load, name="embed-load", daemon=True)
+    thread = threading.Thread(target=run, name="embed-load", daemon=True)
     thread.start()
     model = await done
     await asyncio.to_thread(thread.join)  # its OpenMP pool is gone once it has exited

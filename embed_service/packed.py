@@ -48,6 +48,10 @@ class Packed:
     lengths: torch.Tensor  # [inputs] tokens of each input, special tokens included
     width: int  # the longest input's tokens
 
+    @property
+    def inputs(self) -> int:
+        return int(self.lengths.shape[0])
+
     @classmethod
     def of(
         cls,
@@ -105,8 +109,7 @@ class PackedBlock(torch.nn.Module):
         self.norm_out = layer.output.LayerNorm
 
     def forward(self, hidden: torch.Tensor, packed: Packed, key_mask: torch.Tensor) -> torch.Tensor:
-        size = hidden.shape[1]
-        inputs = int(packed.lengths.shape[0])
+        size, inputs = hidden.shape[1], packed.inputs
         qkv = F.linear(hidden.to(self.dtype), self.w_qkv, self.b_qkv)
         padded = qkv.new_zeros((inputs * packed.width, 3 * size)).index_copy_(0, packed.slots, qkv)
         q, k, v = padded.view(inputs, packed.width, 3, self.heads, self.head_dim).permute(
@@ -142,7 +145,7 @@ class PackedBert(torch.nn.Module):
     def forward(self, packed: Packed, pooling: str) -> torch.Tensor:
         hidden = self.word(packed.ids) + self.position(packed.positions) + self.token_type
         hidden = self.norm(hidden)
-        inputs = int(packed.lengths.shape[0])
+        inputs = packed.inputs
         present = torch.zeros(inputs * packed.width, dtype=torch.bool, device=hidden.device)
         key_mask = present.index_fill_(0, packed.slots, True).view(inputs, 1, 1, packed.width)
         for block in self.blocks:
