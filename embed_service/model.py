@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from embed_service.adapter import ModelSource, merge_adapter
 from embed_service.packed import Packed, PackedBert, packed_encoder
 
 log = logging.getLogger(__name__)
@@ -147,8 +148,10 @@ class EmbeddingModel:
         device: torch.device,
         dtype: torch.dtype,
         packed: PackedBert | None = None,
+        revision: str = "",
     ) -> None:
         self.model = model
+        self.revision = revision
         self.packed = packed
         self.tokenizer = tokenizer
         self.pooling = pooling
@@ -159,9 +162,9 @@ class EmbeddingModel:
         self.vocab_size = len(tokenizer)
         self.max_seq_length = pooling.max_seq_length
         # Where the special tokens go for a single sequence ([CLS] ... [SEP] for BERT).
-        self._prefix, self._suffix = _special_tokens_around(tokenizer)
+        self.prefix, self.suffix = _special_tokens_around(tokenizer)
         self.pad_token_id = int(tokenizer.pad_token_id or 0)
-        self.num_special_tokens = len(self._prefix) + len(self._suffix)
+        self.num_special_tokens = len(self.prefix) + len(self.suffix)
         # Token limit of one input as users count it (no special tokens): the model's limit
         # minus what the tokenizer adds around a single sequence.
         self.max_input_tokens = self.max_seq_length - self.num_special_tokens
@@ -177,7 +180,8 @@ class EmbeddingModel:
         num_threads: int = 0,
         packed: bool = True,
     ) -> EmbeddingModel:
-        """Loads a local model directory; never touches the network.
+        """Loads a local model directory, or an adapter directory merged into its base
+        (`embed_service.adapter`); never touches the network.
 
         `packed` runs BERT encoders on the unpadded path (`embed_service.packed`); False, or a
         model that path does not cover, runs transformers' padded forward. `model` stays the
@@ -191,18 +195,25 @@ class EmbeddingModel:
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         started = time.monotonic()
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModel.from_pretrained(directory, local_files_only=True, dtype=torch.float32)
+        source = ModelSource.of(directory)
+        tokenizer = AutoTokenizer.from_pretrained(source.weights_dir, local_files_only=True)
+        model = AutoModel.from_pretrained(
+            source.weights_dir, local_files_only=True, dtype=torch.float32
+        )
+        if source.adapter is not None:
+            merge_adapter(model, source.adapter)
         model.eval()
         model.to(dev)
         fast = packed_encoder(model, torch_dtype) if packed else None
         if fast is None and torch_dtype != torch.float32:
             lower_linear_precision(model, torch_dtype)
-        pooling = read_pooling_config(directory, int(model.config.max_position_embeddings))
+        pooling = read_pooling_config(source.weights_dir, int(model.config.max_position_embeddings))
         log.info(
-            "model_loaded path=%s device=%s dtype=%s forward=%s pooling=%s normalize=%s "
-            "max_seq=%d threads=%d seconds=%.2f",
+            "model_loaded path=%s revision=%s adapter=%s device=%s dtype=%s forward=%s "
+            "pooling=%s normalize=%s max_seq=%d threads=%d seconds=%.2f",
             directory.name,
+            source.revision,
+            source.adapter is not None,
             dev,
             str(torch_dtype).removeprefix("torch."),
             "unpadded" if fast is not None else "padded",
@@ -212,7 +223,7 @@ class EmbeddingModel:
             torch.get_num_threads(),
             time.monotonic() - started,
         )
-        return cls(model, tokenizer, pooling, dev, torch_dtype, fast)
+        return cls(model, tokenizer, pooling, dev, torch_dtype, fast, source.revision)
 
     @property
     def dtype_name(self) -> str:
@@ -252,17 +263,17 @@ class EmbeddingModel:
             input_ids, attention_mask = self.pad(batch)
             return self.forward(input_ids, attention_mask)
         with torch.inference_mode():
-            packed = Packed.of(batch, self._prefix, self._suffix, self.device)
+            packed = Packed.of(batch, self.prefix, self.suffix, self.device)
             return self._finish(self.packed(packed, self.pooling.mode))
 
     def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Adds special tokens and right-pads into (input_ids, attention_mask) int64 tensors."""
-        extra = len(self._prefix) + len(self._suffix)
+        extra = len(self.prefix) + len(self.suffix)
         width = max(len(ids) for ids in batch) + extra
         input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(batch), width), dtype=np.int64)
         for row, ids in enumerate(batch):
-            full = [*self._prefix, *ids, *self._suffix]
+            full = [*self.prefix, *ids, *self.suffix]
             input_ids[row, : len(full)] = full
             attention_mask[row, : len(full)] = 1
         return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)

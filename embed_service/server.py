@@ -88,6 +88,7 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
             pooling=self.model.pooling.mode,
             normalize=self.model.pooling.normalize,
             max_request_tokens=self.settings.max_request_tokens,
+            revision=self.model.revision,
         )
 
     async def _embed(self, request: embed_pb2.EmbedRequest) -> embed_pb2.EmbedResponse:

@@ -25,7 +25,10 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", description="address the gRPC server binds")
     port: int = Field(50051, description="gRPC port (0 picks a free one)")
     metrics_port: int = Field(9101, description="Prometheus /metrics port (0 turns it off)")
-    model_path: str = Field("", description="model directory (empty: the packaged MiniLM)")
+    model_path: str = Field(
+        "",
+        description="model or adapter directory (empty: the packaged all-MiniLM-L6-v2)",
+    )
     model_name: str = Field("intent-embed", description="model name in answers and usage")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     dtype: str = Field(

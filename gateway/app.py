@@ -36,6 +36,7 @@ from gateway.clients import (
 )
 from gateway.errors import ApiError, error_body, from_upstream
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
+from gateway.model_info import ModelInfo
 from gateway.openai_schema import (
     EmbeddingRequest,
     EmbeddingRequestSchema,
@@ -330,16 +331,14 @@ def create_app(
         summary="Create embeddings, also as a plain `embeddings` list of vectors",
     )
 
-    model_card = {
-        "id": settings.model_name,
-        "object": "model",
-        "created": 0,
-        "owned_by": "intent-embed",
-    }
-    models_body = orjson.dumps({"object": "list", "data": [model_card]})
+    model_info = ModelInfo(settings.model_name, settings.auth_cache_s, settings.ready_timeout_s)
+
+    def embed_stub() -> Any:
+        return handler.upstreams.embed if handler.upstreams is not None else None
 
     async def list_models() -> Response:
-        return json_response(models_body)
+        card = await model_info.card(embed_stub())
+        return json_response(orjson.dumps({"object": "list", "data": [card]}))
 
     async def get_model(model: str) -> Response:
         if model != settings.model_name:
@@ -352,7 +351,7 @@ def create_app(
                     code="model_not_found",
                 )
             )
-        return json_response(orjson.dumps(model_card))
+        return json_response(orjson.dumps(await model_info.card(embed_stub())))
 
     for path in MODELS_ROUTES:
         app.add_api_route(path, list_models, methods=["GET"], summary="List models")

@@ -78,6 +78,7 @@ async def test_info_describes_model_and_limits(
         "mean",
         True,
     )
+    assert info.revision == tiny_model.revision and len(info.revision) == 12
 
 
 async def test_large_request_split_across_batches_keeps_order(

@@ -59,6 +59,9 @@ class Script:
     revoked: set[str] = field(default_factory=set)
 
 
+FAKE_REVISION = "0123456789ab"
+
+
 class FakeEmbed(embed_pb2_grpc.EmbedServiceServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
@@ -112,6 +115,12 @@ class FakeEmbed(embed_pb2_grpc.EmbedServiceServicer):
         out.usage.prompt_tokens = total
         out.usage.total_tokens = total
         return out
+
+    def Info(self, request: embed_pb2.InfoRequest, context: Any) -> embed_pb2.InfoResponse:
+        return embed_pb2.InfoResponse(
+            model="intent-embed", dimensions=DIMS, max_input_tokens=MAX_INPUT_TOKENS,
+            revision=FAKE_REVISION,
+        )  # fmt: skip
 
 
 class FakeMetering(metering_pb2_grpc.MeteringServiceServicer):

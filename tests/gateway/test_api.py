@@ -14,6 +14,8 @@ import requests
 from openai import OpenAI
 
 from tests.gateway.conftest import (
+    DIMS,
+    FAKE_REVISION,
     GOOD_KEY,
     ORG,
     PROJECT,
@@ -160,6 +162,9 @@ def test_models_list_and_get(client: OpenAI, gateway: GatewayServer) -> None:
     assert client.models.retrieve("intent-embed").id == "intent-embed"
     v1 = requests.get(f"{gateway.url}/v1/models", timeout=10).json()
     assert v1["data"][0]["id"] == "intent-embed"
+    # What the embed service says it loaded: the content hash the model card names.
+    assert v1["data"][0]["revision"] == FAKE_REVISION
+    assert v1["data"][0]["dimensions"] == DIMS
     missing = requests.get(f"{gateway.url}/v2/models/gpt-9", timeout=10)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
