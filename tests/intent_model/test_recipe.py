@@ -1,0 +1,148 @@
+"""The recipe's parts do what the model card says: one-source P x K batches, leave-out checks
+that remove exactly their intents, the losses by hand, and a command line that follows the
+config."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from intent_model.cli import config_from_args, dataclass_parser
+from intent_model.data import Split, intent_name, intents_of
+from intent_model.holdout import Holdout
+from intent_model.losses import intent_loss, relational_preserve_loss, supervised_contrastive_loss
+from intent_model.sampler import SourceSampler, mixed_batches
+from intent_model.train import TrainConfig
+
+
+def _labels(sizes: dict[str, int]) -> list[str]:
+    return [label for label, n in sizes.items() for _ in range(n)]
+
+
+def test_batches_come_from_one_source_with_k_utterances_of_p_distinct_intents() -> None:
+    rng = random.Random(0)
+    sources = {
+        "a": _labels({"a1": 8, "a2": 8, "a3": 8}),
+        "b": _labels({"b1": 30, "b2": 3, "b3": 5, "b4": 1}),
+    }
+    samplers = {name: SourceSampler(labels, 4, 0.5, rng) for name, labels in sources.items()}
+    assert samplers["b"].intents == ["b1", "b2", "b3"]  # one utterance: no positive, no anchor
+    batches = list(mixed_batches(samplers, {"a": 0.5, "b": 0.5}, 2, 200, rng))
+    assert {b.source for b in batches} == {"a", "b"}
+    for batch in batches:
+        labels = sources[batch.source]
+        assert len(batch.intents) == len(set(batch.intents)) == 2
+        assert [labels[r] for r in batch.rows] == sorted(
+            (labels[r] for r in batch.rows), key=batch.intents.index
+        )  # grouped by intent, in the order of `intents`
+        counts = Counter(labels[r] for r in batch.rows)
+        for intent in batch.intents:
+            assert counts[intent] == min(4, labels.count(intent))
+        assert len(set(batch.rows)) == len(batch.rows)
+
+
+def test_an_intent_hands_out_every_utterance_before_repeating_one() -> None:
+    labels = _labels({"x": 10, "y": 10})
+    sampler = SourceSampler(labels, 5, 1.0, random.Random(1))
+    taken = [r for _ in range(2) for r in sampler.batch("s", 2).rows]
+    assert sorted(taken) == list(range(20))
+
+
+def test_source_shares_decide_how_often_each_source_is_drawn() -> None:
+    rng = random.Random(0)
+    samplers = {n: SourceSampler(_labels({f"{n}1": 4, f"{n}2": 4}), 2, 0.5, rng) for n in "ab"}
+    drawn = Counter(b.source for b in mixed_batches(samplers, {"a": 0.2, "b": 0.8}, 2, 2000, rng))
+    assert 0.17 < drawn["a"] / 2000 < 0.23
+
+
+def test_holdouts_remove_exactly_their_intents() -> None:
+    clinc = Split(["a", "b", "c"], ["balance", "book_flight", "alarm"])
+    pretrain = Split([f"u{i}" for i in range(20)], [f"name {i % 10}" for i in range(20)])
+    none = Holdout("none", (), 0.2, 0).training_data(clinc, pretrain)
+    assert none == {"clinc150": clinc, "pretrain": pretrain}
+    domains = Holdout("clinc-domains", ("banking",), 0.2, 0).training_data(clinc, pretrain)
+    assert domains["clinc150"].labels == ["book_flight", "alarm"]
+    assert Holdout("clinc150", (), 0.2, 0).training_data(clinc, pretrain) == {"pretrain": pretrain}
+    fifth = Holdout("pretrain-intents", (), 0.2, 7)
+    held = fifth.pretrain_intents(pretrain.labels)
+    assert len(held) == 2 and held == Holdout("pretrain-intents", (), 0.2, 7).pretrain_intents(
+        pretrain.labels
+    )  # drawn by seed: the same every time
+    kept = fifth.training_data(clinc, pretrain)["pretrain"]
+    assert not held & set(kept.labels) and len(kept) == 16
+    with pytest.raises(ValueError, match="unknown domain"):
+        Holdout("clinc-domains", ("nope",), 0.2, 0).validate()
+    assert "balance" in intents_of(["banking"]) and intent_name("book_flight") == "book flight"
+
+
+def test_contrastive_loss_matches_hand_computation() -> None:
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    # Each anchor: positive similarity 1, two negatives 0, temperature 1:
+    # -log(e / (e + 2)) = log(e + 2) - 1.
+    loss = supervised_contrastive_loss(z, torch.tensor([0, 0, 1, 1]), temperature=1.0)
+    assert float(loss) == pytest.approx(math.log(math.e + 2) - 1, rel=1e-6)
+    swapped = supervised_contrastive_loss(z, torch.tensor([0, 1, 0, 1]), temperature=1.0)
+    assert float(swapped) > float(loss)  # pulling apart same-intent pairs costs more
+
+
+def test_preserve_term_is_zero_for_the_base_geometry_and_grows_with_drift() -> None:
+    gen = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(8, 16, generator=gen), dim=1)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert float(relational_preserve_loss(base, base, labels)) == pytest.approx(0.0, abs=1e-7)
+    # A rotation keeps every cosine similarity, so it is not penalised.
+    q, _ = torch.linalg.qr(torch.randn(16, 16, generator=gen))
+    assert float(relational_preserve_loss(base @ q, base, labels)) == pytest.approx(0.0, abs=1e-6)
+    noise = torch.randn(8, 16, generator=gen)
+    small = torch.nn.functional.normalize(base + 0.1 * noise, dim=1)
+    large = torch.nn.functional.normalize(base + 1.0 * noise, dim=1)
+    assert 0.0 < float(relational_preserve_loss(small, base, labels))
+    assert float(relational_preserve_loss(small, base, labels)) < float(
+        relational_preserve_loss(large, base, labels)
+    )
+    # Hand computation on two 2-d points of different intents: cos 0 in base, cos 1 after.
+    e = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    collapsed = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert float(relational_preserve_loss(collapsed, e, torch.tensor([0, 1]))) == pytest.approx(1.0)
+    # Same-intent pairs are left to the contrastive loss: collapsing them costs nothing.
+    assert float(relational_preserve_loss(collapsed, e, torch.tensor([0, 0]))) == 0.0
+
+
+def test_matryoshka_loss_averages_the_terms_of_each_renormalised_prefix() -> None:
+    gen = torch.Generator().manual_seed(3)
+    pooled, base = torch.randn(6, 8, generator=gen), torch.randn(6, 8, generator=gen)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+
+    def one(d: int) -> torch.Tensor:
+        z = torch.nn.functional.normalize(pooled[:, :d], dim=1)
+        zb = torch.nn.functional.normalize(base[:, :d], dim=1)
+        return supervised_contrastive_loss(z, labels, 0.1) + 10 * relational_preserve_loss(
+            z, zb, labels
+        )
+
+    total, kept = intent_loss(pooled, labels, base, 0.1, 10.0, (8, 4))
+    assert float(total) == pytest.approx(float((one(8) + one(4)) / 2), rel=1e-6)
+    full_z = torch.nn.functional.normalize(pooled, dim=1)
+    full_b = torch.nn.functional.normalize(base, dim=1)
+    assert float(kept) == pytest.approx(float(relational_preserve_loss(full_z, full_b, labels)))
+    alone, _ = intent_loss(pooled, labels, None, 0.1, 10.0, (8,))
+    assert float(alone) == pytest.approx(
+        float(supervised_contrastive_loss(full_z, labels, 0.1)), rel=1e-6
+    )
+
+
+def test_the_command_line_follows_the_config_fields() -> None:
+    parser = dataclass_parser(TrainConfig, "train", "test")
+    text = parser.format_help()
+    for name in ("--steps", "--rank", "--dims", "--names", "--no-names", "--holdout-domains"):
+        assert name in text
+    cfg = config_from_args(TrainConfig, parser.parse_args(
+        ["--steps", "7", "--dims", "384,64", "--no-names", "--holdout-domains", "meta,work"]
+    ))  # fmt: skip
+    assert (cfg.steps, cfg.dims, cfg.names, cfg.holdout_domains) == (7, [384, 64], False,
+                                                                      ["meta", "work"])  # fmt: skip
+    assert config_from_args(TrainConfig, parser.parse_args([])) == TrainConfig()
