@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from embed_service.errors import Unavailable, UsageRejected
+from intent_embed.usage_events import first_problem
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,11 @@ class MeteringUsageSink:
             inputs=usage.inputs,
             at=at,
         )
+        # Checked here as metering checks it: a record it would refuse fails only its request
+        # and never rides in (and spoils) a call with other requests' records.
+        problem = first_problem([event])
+        if problem is not None:
+            raise UsageRejected(f"usage was refused: {problem.message}")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(event, usage, done))
         if self._flusher is None or self._flusher.done():

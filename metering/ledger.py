@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
+from intent_embed.usage_events import first_problem
 from metering import apikeys
 from metering.models import (
     CHARGE_PENDING,
@@ -45,13 +46,6 @@ from metering.pricing import owed_dollars
 
 log = logging.getLogger("metering.ledger")
 
-MAX_EVENT_ID_CHARS = 256
-MAX_ID_CHARS = 40
-MAX_MODEL_CHARS = 200
-# One embed request is at most 2048 inputs x 256 tokens (EMBED_MAX_REQUEST_TOKENS is 300,000);
-# anything near 2**63 is a wrapped negative number or garbage and would poison the totals.
-MAX_EVENT_TOKENS = 1_000_000_000
-MAX_EVENT_INPUTS = 1_000_000
 DEMO_ORG_NAME = "demo"
 DEMO_PROJECT_NAME = "default"
 DEMO_CUSTOMER_ID = "cus_demo_local"
@@ -181,27 +175,9 @@ _ADD_DAILY = text(
 
 def validate_events(events: Sequence[Event]) -> None:
     """Raises InvalidUsage naming the first bad event (index) and how to fix it."""
-    if not events:
-        raise InvalidUsage("events is empty: send at least one usage event")
-    for i, e in enumerate(events):
-        where = f"events[{i}]"
-        if not e.event_id:
-            raise InvalidUsage(f"{where}.event_id is empty: set it to the request id")
-        if len(e.event_id) > MAX_EVENT_ID_CHARS:
-            raise InvalidUsage(f"{where}.event_id is longer than {MAX_EVENT_ID_CHARS} characters")
-        if not e.org_id:
-            raise InvalidUsage(f"{where}.org_id is empty: set the org the usage belongs to")
-        if len(e.org_id) > MAX_ID_CHARS or len(e.project_id) > MAX_ID_CHARS:
-            raise InvalidUsage(f"{where}: org_id/project_id longer than {MAX_ID_CHARS} characters")
-        if len(e.model) > MAX_MODEL_CHARS:
-            raise InvalidUsage(f"{where}.model is longer than {MAX_MODEL_CHARS} characters")
-        if not 0 <= e.tokens <= MAX_EVENT_TOKENS:
-            raise InvalidUsage(
-                f"{where}.tokens={e.tokens} is out of range: one request has 0.."
-                f"{MAX_EVENT_TOKENS} tokens (a huge value is usually a wrapped negative number)"
-            )
-        if not 0 <= e.inputs <= MAX_EVENT_INPUTS:
-            raise InvalidUsage(f"{where}.inputs={e.inputs} is out of range 0..{MAX_EVENT_INPUTS}")
+    problem = first_problem(events)
+    if problem is not None:
+        raise InvalidUsage(problem.message)
 
 
 def _new_id(prefix: str) -> str:

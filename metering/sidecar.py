@@ -36,13 +36,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from intent_embed.usage_events import first_problem
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 from metering.spool import AppendResult, Spool, SpooledEvent, SpoolFullError
 
 log = logging.getLogger("metering.sidecar")
 
 SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
-MAX_EVENT_ID_CHARS = 256
 # Central answers that mean "this batch can never succeed as sent": retrying is pointless.
 REJECTED_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
 
@@ -344,9 +344,10 @@ class SidecarServicer(metering_pb2_grpc.MeteringServiceServicer):
             await self._abort(
                 context, grpc.StatusCode.UNAVAILABLE, "metering sidecar is shutting down"
             )
-        problem = _invalid_event(request.events)
-        if problem:
-            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        # The same check central applies: an acknowledged event must be one it can bill.
+        problem = first_problem(request.events)
+        if problem is not None:
+            await self._abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem.message)
         entries = [(e.event_id, e.SerializeToString()) for e in request.events]
         try:
             result = await self._writer.append(entries)
@@ -394,20 +395,6 @@ class SidecarServicer(metering_pb2_grpc.MeteringServiceServicer):
         self._metrics.record_requests.labels(code=code.name).inc()
         await context.abort(code, message)
         raise AssertionError("context.abort always raises")
-
-
-def _invalid_event(events: Sequence[metering_pb2.UsageEvent]) -> str:
-    """Why the call is malformed (empty when it is fine); the message names the event index."""
-    if not events:
-        return "events: at least one usage event is required"
-    for index, event in enumerate(events):
-        if not event.event_id:
-            return f"events[{index}].event_id: must be set (the request id)"
-        if len(event.event_id) > MAX_EVENT_ID_CHARS:
-            return f"events[{index}].event_id: at most {MAX_EVENT_ID_CHARS} characters"
-        if not event.org_id:
-            return f"events[{index}].org_id: must be set"
-    return ""
 
 
 @dataclass

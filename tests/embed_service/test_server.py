@@ -294,3 +294,18 @@ async def test_vectors_match_sentence_transformers_under_concurrency(
         np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1)
     )
     assert cosines.min() >= 0.9999, f"worst input {int(cosines.argmin())}: {cosines.min()}"
+
+
+async def test_a_record_metering_would_refuse_fails_before_it_is_sent(free_port: int) -> None:
+    from datetime import UTC, datetime
+
+    from embed_service.errors import UsageRejected
+    from embed_service.usage import UsageRecord
+
+    # Nothing listens at the address: a record that were sent would fail as UNAVAILABLE.
+    sink = MeteringUsageSink(f"127.0.0.1:{free_port}", timeout_s=2)
+    record = UsageRecord("req-1", "o" * 41, "", "intent-embed", 3, 1, datetime.now(UTC))
+    with pytest.raises(UsageRejected) as refused:
+        await sink.record(record)
+    await sink.close()
+    assert "events[0].org_id" in refused.value.message

@@ -429,6 +429,47 @@ async def test_malformed_calls_and_central_only_methods_are_refused(
     assert usage.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
+# Every way a usage event can be invalid for central metering: the sidecar must refuse each
+# one, since an event it acknowledged but central rejects could never be billed.
+INVALID_EVENTS = {
+    "empty event id": metering_pb2.UsageEvent(org_id="org-1", tokens=1),
+    "event id too long": metering_pb2.UsageEvent(event_id="e" * 257, org_id="org-1", tokens=1),
+    "empty org": metering_pb2.UsageEvent(event_id="a", tokens=1),
+    "org id too long": metering_pb2.UsageEvent(event_id="a", org_id="o" * 41, tokens=1),
+    "project id too long": metering_pb2.UsageEvent(
+        event_id="a", org_id="org-1", project_id="p" * 41, tokens=1
+    ),
+    "model too long": metering_pb2.UsageEvent(
+        event_id="a", org_id="org-1", model="m" * 201, tokens=1
+    ),
+    "tokens out of range": metering_pb2.UsageEvent(event_id="a", org_id="org-1", tokens=2**63),
+    "inputs out of range": metering_pb2.UsageEvent(
+        event_id="a", org_id="org-1", tokens=1, inputs=2_000_000
+    ),
+}
+
+
+async def test_no_event_central_would_reject_as_invalid_is_acknowledged(
+    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    sidecar = sidecars(central.port)
+    await sidecar.start()
+    acknowledged = []
+    for kind, bad in INVALID_EVENTS.items():
+        try:
+            await sidecar.record(event("fine"), bad)
+            acknowledged.append(kind)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (kind, err)
+            assert "events[1]" in (err.details() or ""), (kind, err.details())
+    with pytest.raises(grpc.aio.AioRpcError) as empty:
+        await sidecar.record()
+    assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert acknowledged == [], f"acknowledged events central would dead-letter: {acknowledged}"
+    assert await sidecar.metric("metering_sidecar_spool_depth") == 0
+    assert central.ledger.events == {}
+
+
 # -- against the real central service ----------------------------------------------------
 
 
