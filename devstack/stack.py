@@ -213,28 +213,28 @@ class Stack:
         env.update(self.extra_env)
         return env
 
-    def _metering_cli(self, *args: str) -> str:
-        """Runs `python -m metering ARGS` against this stack's ledger; returns its stdout."""
+    def _run(self, module: str, *args: str) -> str:
+        """Runs `python -m MODULE ARGS` against this stack's ledger; returns its stdout."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            [sys.executable, "-m", "metering", *args],
+            [sys.executable, "-m", module, *args],
             env=self.env(),
             capture_output=True,
             text=True,
             timeout=120,
         )
         if result.returncode != 0:
-            raise StackError(f"metering {' '.join(args)} failed: {result.stderr.strip()}")
+            raise StackError(f"{module} {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
 
     def metering_admin(self, *args: str) -> dict[str, object]:
         """Runs `python -m metering admin ... --json` against this stack's ledger."""
-        reply: dict[str, object] = json.loads(self._metering_cli("admin", *args, "--json"))
+        reply: dict[str, object] = json.loads(self._run("metering", "admin", *args, "--json"))
         return reply
 
     def migrate(self) -> None:
         """Brings the ledger schema up to date (`python -m metering migrate`)."""
-        self._metering_cli("migrate")
+        self._run("metering", "migrate")
 
     def ledger_tokens(self, org_id: str) -> int:
         """The org's cumulative billed tokens, as central metering's GetUsage reports them."""
@@ -247,7 +247,9 @@ class Stack:
     def ensure_demo(self) -> dict[str, object]:
         """Creates (first run) or reuses the demo org, project and API key."""
         self.migrate()
-        return self.metering_admin("ensure-demo", "--key-file", str(self.data_dir / "demo-key"))
+        key_file = str(self.data_dir / "demo-key")
+        reply: dict[str, object] = json.loads(self._run("devstack.demo", "--key-file", key_file))
+        return reply
 
     def ready(self, name: str) -> bool:
         """Whether service `name` answers its readiness check."""

@@ -1,86 +1,90 @@
-"""Start-up of ``python -m metering``: the central service (default), ``migrate``,
-``billing`` (the billing worker alone), ``admin ...`` and ``sidecar ...``.
+"""Start-up of ``python -m metering``: one command tree, ``serve`` (the default), ``migrate``,
+``billing``, ``admin ...`` and ``sidecar``.
 
 Only argument parsing, settings and logging set-up live here; the wiring is in
-:mod:`metering.server`, the work in :mod:`metering.ledger` and :mod:`metering.billing`.
+:mod:`metering.server` and :mod:`metering.sidecar.app`, the work in the modules they call.
+Every setting is a ``METERING_*`` environment variable and, under each command, a flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pydantic_settings import CliSettingsSource
+
+from intent_embed.logs import configure_logging
+from intent_embed.settings_cli import add_settings_options, settings_from
 from metering.settings import Settings
+from metering.sidecar.settings import SidecarSettings
 
 if TYPE_CHECKING:
     from metering.billing import BillingWorker
 
 log = logging.getLogger("metering")
 
-COMMANDS = ("serve", "migrate", "billing", "admin", "sidecar")
+_COMMANDS = {
+    "serve": "the central metering gRPC service with its billing loop (the default command)",
+    "migrate": "bring the ledger schema at METERING_DATABASE_URL up to date, then exit",
+    "billing": "the billing worker alone: a billing run every METERING_BILL_INTERVAL_S",
+    "admin": "administer orgs, Stripe customers, projects, API keys, usage and charges",
+    "sidecar": "the per-pod sidecar: spool usage on localhost, forward it to central metering",
+}
 
 
-def _help_epilog() -> str:
-    lines = ["settings (environment variable, default):"]
-    for name, info in Settings.model_fields.items():
-        env = f"METERING_{name.upper()}"
-        lines.append(f"  {env:<30} {info.default!r:<28} {info.description or ''}")
-    lines.append("")
-    lines.append(
-        "commands: serve (default), migrate, billing [--once], admin ... (see "
-        "`admin --help`), sidecar ... (see `sidecar --help`)"
-    )
-    return "\n".join(lines)
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CliSettingsSource[Any]]]:
+    """The command tree, and for each command the settings source its flags feed."""
+    from metering import admin
 
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    root = argparse.ArgumentParser(
         prog="python -m metering",
-        description="intent-embed metering: usage ledger gRPC service, billing worker, admin.",
-        epilog=_help_epilog(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="intent-embed metering: usage ledger gRPC service, billing worker, admin "
+        "CLI and the per-pod sidecar. `python -m metering COMMAND --help` lists the settings "
+        "of a command.",
     )
-    parser.add_argument("command", nargs="?", default="serve", choices=COMMANDS[:3])
-    parser.add_argument("--once", action="store_true", help="billing: one run, then exit")
-    return parser
-
-
-def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    # The SQLAlchemy URL may carry a password; never log it, and keep library noise down.
-    logging.getLogger("stripe").setLevel(logging.WARNING)
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    sub = root.add_subparsers(dest="command", metavar="COMMAND")
+    sources: dict[str, CliSettingsSource[Any]] = {}
+    for name, help_text in _COMMANDS.items():
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        settings_cls = SidecarSettings if name == "sidecar" else Settings
+        sources[name] = add_settings_options(parser, settings_cls)
+        if name == "billing":
+            parser.add_argument("--once", action="store_true", help="one run, then exit")
+        if name == "admin":
+            admin.add_commands(parser)
+    return root, sources
 
 
 def main(argv: list[str]) -> int:
-    if argv and argv[0] == "sidecar":
-        if importlib.util.find_spec("metering.sidecar") is None:
-            print("error: this build has no metering sidecar", file=sys.stderr)
-            return 2
-        from metering import sidecar
+    parser, sources = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["serve"])
+    command = args.command
+    if command == "sidecar":
+        from metering.sidecar import app
 
-        return int(sidecar.main(argv[1:]))
-    # Every field comes from the environment (METERING_*); nothing is passed in code.
-    from_env: dict[str, object] = {}
-    settings = Settings(**from_env)  # type: ignore[arg-type]
-    if argv and argv[0] == "admin":
+        sidecar_settings = settings_from(SidecarSettings, sources[command], args)
+        configure_logging(sidecar_settings.log_level)
+        return app.run(sidecar_settings)
+    settings = settings_from(Settings, sources[command], args)
+    if command == "admin":
         from metering import admin
 
-        logging.basicConfig(level=logging.WARNING)
-        return admin.main(argv[1:], settings)
-    args = _parser().parse_args(argv)
-    _logging(settings)
+        configure_logging("WARNING")
+        return admin.run(args, settings)
+    configure_logging(settings.log_level)
+    return _run_central(command, settings, once=bool(getattr(args, "once", False)))
+
+
+def _run_central(command: str, settings: Settings, *, once: bool) -> int:
     from metering.database import make_engine, migrate
 
-    if args.command == "migrate":
+    if command == "migrate":
         migrate(settings.database_url)
         return 0
     if settings.migrate_on_start:
@@ -94,8 +98,8 @@ def main(argv: list[str]) -> int:
             "event=stripe_off reason=METERING_STRIPE_API_KEY is empty, charges are "
             "computed and stay pending"
         )
-    if args.command == "billing":
-        return _billing(billing, settings, once=args.once)
+    if command == "billing":
+        return _billing(billing, settings, once=once)
     from metering.ledger import Ledger
     from metering.server import serve
 

@@ -1,8 +1,8 @@
 """The admin CLI (``python -m metering admin ...``): orgs, Stripe customers, projects, API keys,
-usage and charges, and a billing run on demand.
+usage and charges, and a billing run on demand, with their text and JSON output.
 
-Every subcommand takes ``--json`` for machine-readable output (the dev stack's ``make run``
-uses ``ensure-demo --json``). Errors go to stderr with exit status 2 and write nothing.
+Every subcommand takes ``--json`` for machine-readable output. Errors go to stderr with exit
+status 2 and write nothing.
 """
 
 from __future__ import annotations
@@ -11,63 +11,57 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from metering.database import make_engine
-from metering.ledger import Ledger, LedgerError, charge_as_dict, org_as_dict
+from metering.errors import LedgerError
+from metering.ledger import Ledger
+from metering.models import STATE_NO_PAYMENT_METHOD, Charge, Org
+from metering.reports import UsageReport
 from metering.settings import Settings
 
+_COMMANDS: list[tuple[str, str, list[tuple[str, dict[str, Any]]]]] = [
+    ("create-org", "create an org; prints its id", [
+        ("--name", {"required": True}),
+        ("--stripe-customer", {"default": None, "help": "Stripe customer id (cus_...)"}),
+    ]),
+    ("orgs", "list orgs", []),
+    ("attach-stripe", "attach a Stripe customer (payment method) to an org", [
+        ("--org", {"required": True}),
+        ("--customer", {"required": True, "help": "Stripe customer id (cus_...)"}),
+    ]),
+    ("create-project", "create a project in an org; prints its id", [
+        ("--org", {"required": True}), ("--name", {"required": True}),
+    ]),
+    ("projects", "list an org's projects", [("--org", {"required": True})]),
+    ("create-key", "create an API key; prints it ONCE (only its hash is stored)", [
+        ("--org", {"required": True}), ("--name", {"default": ""}),
+    ]),
+    ("revoke-key", "revoke an API key by its id (ie_...)", [
+        ("--key", {"required": True, "dest": "key_id", "help": "key id, e.g. ie_0123456789ab"}),
+    ]),
+    ("list-keys", "list an org's API keys (ids only)", [("--org", {"required": True})]),
+    ("usage", "usage: tokens, requests, dollars owed and charged, per project and day", [
+        ("--org", {"required": True}), ("--project", {"default": ""}),
+        ("--since", {"default": None, "help": "UTC date YYYY-MM-DD"}),
+    ]),
+    ("charges", "list an org's charges", [("--org", {"required": True})]),
+    ("bill-now", "run the billing worker once (create and send due charges)", []),
+]  # fmt: skip
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m metering admin",
-        description="Administer the metering ledger at METERING_DATABASE_URL.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--json", action="store_true", help="print JSON")
-        return p
-
-    p = add("create-org", "create an org; prints its id")
-    p.add_argument("--name", required=True)
-    p.add_argument("--stripe-customer", default=None, help="Stripe customer id (cus_...)")
-    add("orgs", "list orgs")
-    p = add("attach-stripe", "attach a Stripe customer (payment method) to an org")
-    p.add_argument("--org", required=True)
-    p.add_argument("--customer", required=True, help="Stripe customer id (cus_...)")
-    p = add("create-project", "create a project in an org; prints its id")
-    p.add_argument("--org", required=True)
-    p.add_argument("--name", required=True)
-    p = add("projects", "list an org's projects")
-    p.add_argument("--org", required=True)
-    p = add("create-key", "create an API key; prints it ONCE (only its hash is stored)")
-    p.add_argument("--org", required=True)
-    p.add_argument("--name", default="")
-    p = add("revoke-key", "revoke an API key by its id (ie_...)")
-    p.add_argument("--key", required=True, dest="key_id", help="key id, e.g. ie_0123456789ab")
-    p = add("list-keys", "list an org's API keys (ids only)")
-    p.add_argument("--org", required=True)
-    p = add("usage", "usage: tokens, requests, dollars owed and charged, per project and day")
-    p.add_argument("--org", required=True)
-    p.add_argument("--project", default="")
-    p.add_argument("--since", default=None, help="UTC date YYYY-MM-DD")
-    p = add("charges", "list an org's charges")
-    p.add_argument("--org", required=True)
-    add("bill-now", "run the billing worker once (create and send due charges)")
-    p = add("ensure-demo", "create or reuse the demo org, project and API key")
-    p.add_argument(
-        "--key-file",
-        type=Path,
-        default=None,
-        help="where the plaintext demo key is kept between runs",
-    )
-    return parser
+def add_commands(admin: argparse.ArgumentParser) -> None:
+    """The admin subcommands, under the `admin` parser of `python -m metering`."""
+    sub = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
+    for name, help_text, options in _COMMANDS:
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        parser.add_argument("--json", action="store_true", help="print JSON")
+        for flag, kwargs in options:
+            parser.add_argument(flag, **kwargs)
 
 
 def _since(value: str | None) -> dt.datetime | None:
@@ -77,6 +71,62 @@ def _since(value: str | None) -> dt.datetime | None:
         return dt.datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=dt.UTC)
     except ValueError:
         raise LedgerError(f"--since {value!r} is not a date: use YYYY-MM-DD") from None
+
+
+def run_command(args: argparse.Namespace, settings: Settings) -> Any:
+    engine = make_engine(settings.database_url, pool_size=1)
+    ledger = Ledger(engine, max_unpaid_usd=settings.max_unpaid_usd)
+    try:
+        handlers: dict[str, Callable[[], Any]] = {
+            "create-org": lambda: org_as_dict(ledger.create_org(args.name, args.stripe_customer)),
+            "orgs": lambda: [org_as_dict(o) for o in ledger.list_orgs()],
+            "attach-stripe": lambda: org_as_dict(ledger.attach_stripe(args.org, args.customer)),
+            "create-project": lambda: _project(ledger.create_project(args.org, args.name)),
+            "projects": lambda: [_project(p) for p in ledger.list_projects(args.org)],
+            "create-key": lambda: _new_key(*ledger.create_key(args.org, args.name)),
+            "revoke-key": lambda: _key(ledger.revoke_key(args.key_id)),
+            "list-keys": lambda: [_key(k) for k in ledger.list_keys(args.org)],
+            "usage": lambda: usage_as_dict(
+                ledger.usage(args.org, args.project, _since(args.since))
+            ),
+            "charges": lambda: [charge_as_dict(c) for c in ledger.list_charges(args.org)],
+            "bill-now": lambda: _bill_now(engine, settings),
+        }
+        return handlers[args.admin_command]()
+    finally:
+        engine.dispose()
+
+
+def _bill_now(engine: Any, settings: Settings) -> Any:
+    # Imported here: the stripe SDK is slow to import and only this command needs it.
+    from metering.billing import BillingWorker, config_from
+
+    return BillingWorker(engine, config_from(settings)).run_once().as_dict()
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs the parsed admin command and prints its result; the exit status."""
+    try:
+        result = run_command(args, settings)
+    except LedgerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OperationalError, ProgrammingError) as exc:
+        print(
+            f"error: the ledger at METERING_DATABASE_URL cannot be used ({type(exc.orig).__name__}:"
+            f" {str(exc.orig).strip()}); create or update its schema with "
+            "`python -m metering migrate`",
+            file=sys.stderr,
+        )
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(_text(args.admin_command, result))
+    return 0
+
+
+# ---- output ------------------------------------------------------------------------------
 
 
 def _text(command: str, result: Any) -> str:
@@ -113,36 +163,6 @@ def _text(command: str, result: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in result.items())
 
 
-def run_command(args: argparse.Namespace, settings: Settings) -> Any:
-    engine = make_engine(settings.database_url, pool_size=1)
-    ledger = Ledger(engine, max_unpaid_usd=settings.max_unpaid_usd)
-    try:
-        handlers: dict[str, Callable[[], Any]] = {
-            "create-org": lambda: org_as_dict(ledger.create_org(args.name, args.stripe_customer)),
-            "orgs": lambda: [org_as_dict(o) for o in ledger.list_orgs()],
-            "attach-stripe": lambda: org_as_dict(ledger.attach_stripe(args.org, args.customer)),
-            "create-project": lambda: _project(ledger.create_project(args.org, args.name)),
-            "projects": lambda: [_project(p) for p in ledger.list_projects(args.org)],
-            "create-key": lambda: _new_key(*ledger.create_key(args.org, args.name)),
-            "revoke-key": lambda: _key(ledger.revoke_key(args.key_id)),
-            "list-keys": lambda: [_key(k) for k in ledger.list_keys(args.org)],
-            "usage": lambda: ledger.usage(args.org, args.project, _since(args.since)).as_dict(),
-            "charges": lambda: [charge_as_dict(c) for c in ledger.list_charges(args.org)],
-            "bill-now": lambda: _bill_now(engine, settings),
-            "ensure-demo": lambda: ledger.ensure_demo(args.key_file),
-        }
-        return handlers[args.command]()
-    finally:
-        engine.dispose()
-
-
-def _bill_now(engine: Any, settings: Settings) -> Any:
-    # Imported here: the stripe SDK is slow to import and only this command needs it.
-    from metering.billing import BillingWorker, config_from
-
-    return BillingWorker(engine, config_from(settings)).run_once().as_dict()
-
-
 def _project(p: Any) -> dict[str, Any]:
     return {
         "project_id": p.id,
@@ -167,23 +187,54 @@ def _new_key(row: Any, plaintext: str) -> dict[str, Any]:
     return {**_key(row), "api_key": plaintext}
 
 
-def main(argv: list[str], settings: Settings) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        result = run_command(args, settings)
-    except LedgerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OperationalError, ProgrammingError) as exc:
-        print(
-            f"error: the ledger at METERING_DATABASE_URL cannot be used ({type(exc.orig).__name__}:"
-            f" {str(exc.orig).strip()}); create or update its schema with "
-            "`python -m metering migrate`",
-            file=sys.stderr,
-        )
-        return 2
-    if args.json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        print(_text(args.command, result))
-    return 0
+def org_as_dict(org: Org) -> dict[str, Any]:
+    return {
+        "org_id": org.id,
+        "name": org.name,
+        "stripe_customer_id": org.stripe_customer_id or "",
+        "billing_state": org.billing_state if org.stripe_customer_id else STATE_NO_PAYMENT_METHOD,
+        "created_at": org.created_at.isoformat(),
+    }
+
+
+def charge_as_dict(charge: Charge) -> dict[str, Any]:
+    return {
+        "seq": charge.seq,
+        "org_id": charge.org_id,
+        "amount_cents": charge.amount_cents,
+        "currency": charge.currency,
+        "state": charge.state,
+        "idempotency_key": charge.idempotency_key,
+        "tokens_from": charge.tokens_from,
+        "tokens_to": charge.tokens_to,
+        "stripe_payment_intent_id": charge.stripe_payment_intent_id or "",
+        "stripe_status": charge.stripe_status or "",
+        "error": charge.error or "",
+        "attempts": charge.attempts,
+        "created_at": charge.created_at.isoformat(),
+        "metadata": json.loads(charge.metadata_json),
+    }
+
+
+def usage_as_dict(report: UsageReport) -> dict[str, Any]:
+    per_project: dict[str, dict[str, int]] = defaultdict(lambda: {"tokens": 0, "requests": 0})
+    for b in report.buckets:
+        per_project[b.project_id]["tokens"] += b.tokens
+        per_project[b.project_id]["requests"] += b.requests
+    return {
+        "org_id": report.org_id,
+        "org_name": report.org_name,
+        "total_tokens": report.total_tokens,
+        "total_requests": report.total_requests,
+        "owed_dollars": report.owed_dollars,
+        "charged_dollars": report.charged_dollars,
+        "pending_dollars": report.pending_dollars,
+        "billing_state": report.billing.state,
+        "billing_ok": report.billing.ok,
+        "billing_message": report.billing.message,
+        "per_project": dict(per_project),
+        "per_day": [
+            {"day": b.day, "project_id": b.project_id, "tokens": b.tokens, "requests": b.requests}
+            for b in report.buckets
+        ],
+    }

@@ -31,9 +31,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-import stripe
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -48,11 +46,12 @@ from metering.models import (
     Charge,
     Org,
     UsageDaily,
-    UsageTotal,
     utcnow,
 )
 from metering.pricing import owed_dollars
 from metering.settings import Settings
+from metering.standing import charged_dollars, total_tokens
+from metering.stripe_charges import Outcome, StripeCharges
 
 log = logging.getLogger("metering.billing")
 
@@ -98,16 +97,6 @@ class RunReport:
         }
 
 
-@dataclass(frozen=True)
-class _Outcome:
-    """What one Stripe attempt came to, before it is written to the charge row."""
-
-    state: str
-    error: str | None = None
-    intent_id: str | None = None
-    status: str | None = None
-
-
 def idempotency_key(org_id: str, seq: int) -> str:
     return f"{org_id}-{seq}"
 
@@ -123,14 +112,16 @@ class BillingWorker:
         self.engine = engine
         self.config = config
         self._postgres = engine.dialect.name == "postgresql"
-        self._client: stripe.StripeClient | None = None
-        if config.stripe_api_key:
-            self._client = stripe.StripeClient(
+        self._stripe = (
+            StripeCharges(
                 config.stripe_api_key,
-                base_addresses={"api": config.stripe_api_base},
-                max_network_retries=config.stripe_max_retries,
-                http_client=stripe.RequestsClient(timeout=config.stripe_timeout_s),
+                config.stripe_api_base,
+                config.stripe_max_retries,
+                config.stripe_timeout_s,
             )
+            if config.stripe_api_key
+            else None
+        )
 
     # ---- step 1: new charges -------------------------------------------------------------
 
@@ -171,40 +162,12 @@ class BillingWorker:
                     return None  # another worker holds this org right now
                 if org.billing_retry_at is not None and org.billing_retry_at > now:
                     return None
-                charges = session.exec(select(Charge).where(Charge.org_id == org_id)).all()
-                if any(c.state == CHARGE_PENDING for c in charges):
-                    return None  # one charge in flight per org: it is resent in step 2
-                total = session.get(UsageTotal, org_id)
-                tokens = total.tokens if total else 0
-                covering = [c for c in charges if c.state == CHARGE_SUCCEEDED]
-                covered = sum(c.amount_cents for c in covering) // 100
-                # Stripe's largest single charge is $999,999.99; more waits for the next run.
-                k = min(owed_dollars(tokens) - covered, MAX_CHARGE_DOLLARS)
-                if k <= 0:
+                charge = self._next_charge(session, org, org.stripe_customer_id, now)
+                if charge is None:
                     return None
-                seq = max((c.seq for c in charges), default=0) + 1
-                last = max(covering, key=lambda c: c.seq, default=None)
-                tokens_from = last.tokens_to if last else 0
-                before: Mapping[str, int] = json.loads(last.project_tokens_json) if last else {}
-                projects = self._project_tokens(session, org_id)
-                key = idempotency_key(org_id, seq)
-                metadata = self._metadata(
-                    org_id, seq, tokens_from, tokens, covered, k, projects, before
-                )
-                charge = Charge(
-                    org_id=org_id,
-                    seq=seq,
-                    idempotency_key=key,
-                    amount_cents=100 * k,
-                    currency="usd",
-                    customer_id=org.stripe_customer_id,
-                    tokens_from=tokens_from,
-                    tokens_to=tokens,
-                    metadata_json=json.dumps(metadata, sort_keys=True),
-                    project_tokens_json=json.dumps(projects, sort_keys=True),
-                    state=CHARGE_PENDING,
-                    created_at=now,
-                    updated_at=now,
+                # Read before the commit expires the row's attributes.
+                key, seq, cents, tokens = (
+                    charge.idempotency_key, charge.seq, charge.amount_cents, charge.tokens_to
                 )
                 session.add(charge)
                 session.commit()
@@ -214,13 +177,45 @@ class BillingWorker:
             return None
         log.info(
             "event=charge_created org=%s seq=%d key=%s amount_cents=%d tokens_to=%d",
-            org_id,
-            seq,
-            key,
-            100 * k,
-            tokens,
-        )
+            org_id, seq, key, cents, tokens,
+        )  # fmt: skip
         return key
+
+    def _next_charge(
+        self, session: Session, org: Org, customer_id: str, now: dt.datetime
+    ) -> Charge | None:
+        """The pending charge for what the org owes beyond what is covered, if anything."""
+        charges = session.exec(select(Charge).where(Charge.org_id == org.id)).all()
+        if any(c.state == CHARGE_PENDING for c in charges):
+            return None  # one charge in flight per org: it is resent in step 2
+        tokens = total_tokens(session, org.id)
+        covered = charged_dollars(session, org.id)
+        # Stripe's largest single charge is $999,999.99; more waits for the next run.
+        k = min(owed_dollars(tokens) - covered, MAX_CHARGE_DOLLARS)
+        if k <= 0:
+            return None
+        seq = max((c.seq for c in charges), default=0) + 1
+        covering = [c for c in charges if c.state == CHARGE_SUCCEEDED]
+        last = max(covering, key=lambda c: c.seq, default=None)
+        tokens_from = last.tokens_to if last else 0
+        before: Mapping[str, int] = json.loads(last.project_tokens_json) if last else {}
+        projects = self._project_tokens(session, org.id)
+        metadata = self._metadata(org.id, seq, tokens_from, tokens, covered, k, projects, before)
+        return Charge(
+            org_id=org.id,
+            seq=seq,
+            idempotency_key=idempotency_key(org.id, seq),
+            amount_cents=100 * k,
+            currency="usd",
+            customer_id=customer_id,
+            tokens_from=tokens_from,
+            tokens_to=tokens,
+            metadata_json=json.dumps(metadata, sort_keys=True),
+            project_tokens_json=json.dumps(projects, sort_keys=True),
+            state=CHARGE_PENDING,
+            created_at=now,
+            updated_at=now,
+        )
 
     @staticmethod
     def _project_tokens(session: Session, org_id: str) -> dict[str, int]:
@@ -275,7 +270,7 @@ class BillingWorker:
             ).all()
         if not due:
             return
-        if self._client is None:
+        if self._stripe is None:
             log.warning(
                 "event=stripe_off pending_charges=%d reason=METERING_STRIPE_API_KEY is empty, "
                 "charges stay pending until it is set",
@@ -302,7 +297,7 @@ class BillingWorker:
                 charge = session.exec(query.with_for_update(skip_locked=True)).first()
                 if charge is None:
                     return None
-                outcome = self._attempt(charge)
+                outcome = self._stripe_attempt(charge)
                 return self._apply(session, charge, outcome)
         # SQLite: never hold its single write lock across an HTTP call (usage writes would
         # stall); a concurrent resend is harmless because Stripe replays the idempotency key.
@@ -311,7 +306,7 @@ class BillingWorker:
             if charge is None:
                 return None
             session.expunge(charge)
-        outcome = self._attempt(charge)
+        outcome = self._stripe_attempt(charge)
         with Session(self.engine) as session:
             fresh = session.get(Charge, charge_id)
             if fresh is None:
@@ -320,43 +315,11 @@ class BillingWorker:
                 return fresh.state  # another worker recorded Stripe's answer first
             return self._apply(session, fresh, outcome)
 
-    def _attempt(self, charge: Charge) -> _Outcome:
-        try:
-            intent = self._call_stripe(charge)
-        except stripe.CardError as exc:
-            return _Outcome(
-                CHARGE_FAILED,
-                f"card declined: {exc.user_message or exc}",
-                _intent_id_of(exc),
-                "declined",
-            )
-        except (
-            stripe.APIConnectionError,
-            stripe.RateLimitError,
-            stripe.APIError,
-            stripe.IdempotencyError,
-            stripe.AuthenticationError,
-        ) as exc:
-            # Transient, or ours to fix: keep the charge pending, resend with the same key.
-            return _Outcome(CHARGE_PENDING, f"{type(exc).__name__}: {exc.user_message or exc}")
-        except stripe.InvalidRequestError as exc:
-            # Stripe refuses this charge as sent (e.g. the customer has no usable card): like
-            # a decline the org must act; the debt stays owed.
-            return _Outcome(
-                CHARGE_FAILED,
-                f"{type(exc).__name__}: {exc.user_message or exc}",
-                _intent_id_of(exc),
-                "invalid_request",
-            )
-        status = str(getattr(intent, "status", "") or "")
-        intent_id = str(getattr(intent, "id", "") or "") or None
-        if status == "succeeded":
-            return _Outcome(CHARGE_SUCCEEDED, None, intent_id, status)
-        if status == "processing":
-            return _Outcome(CHARGE_PENDING, "payment processing at Stripe", intent_id, status)
-        return _Outcome(CHARGE_FAILED, f"payment intent status {status}", intent_id, status)
+    def _stripe_attempt(self, charge: Charge) -> Outcome:
+        assert self._stripe is not None
+        return self._stripe.attempt(charge)
 
-    def _apply(self, session: Session, charge: Charge, outcome: _Outcome) -> str:
+    def _apply(self, session: Session, charge: Charge, outcome: Outcome) -> str:
         now = utcnow()
         charge.attempts += 1
         charge.updated_at = now
@@ -413,28 +376,3 @@ class BillingWorker:
         session.commit()
         return charge.state
 
-    def _call_stripe(self, charge: Charge) -> Any:
-        assert self._client is not None
-        if charge.stripe_payment_intent_id:
-            # An earlier attempt got an intent still processing: ask for its outcome.
-            return self._client.v1.payment_intents.retrieve(charge.stripe_payment_intent_id)
-        params: dict[str, Any] = {
-            "amount": charge.amount_cents,
-            "currency": charge.currency,
-            "customer": charge.customer_id,
-            "confirm": True,
-            "off_session": True,
-            "description": f"intent-embed usage, charge {charge.seq}",
-            "metadata": json.loads(charge.metadata_json),
-        }
-        return self._client.v1.payment_intents.create(
-            params,  # type: ignore[arg-type]
-            options={"idempotency_key": charge.idempotency_key},
-        )
-
-
-def _intent_id_of(exc: stripe.StripeError) -> str | None:
-    error = getattr(exc, "error", None)
-    intent = getattr(error, "payment_intent", None) if error is not None else None
-    intent_id = getattr(intent, "id", None) if intent is not None else None
-    return str(intent_id) if intent_id else None

@@ -1,9 +1,9 @@
 """Wiring of the central metering service: the MeteringService gRPC servicer (RecordUsage with
-group commit, Authenticate, GetUsage), gRPC health and reflection, Prometheus metrics, the
-in-process billing loop, and the SIGTERM drain.
+group commit, Authenticate, GetUsage), its Prometheus metrics, the in-process billing loop and
+the SIGTERM drain, on the shared server scaffold (:mod:`intent_embed.grpc_server`).
 
-``build_server`` takes its dependencies (ledger, settings, metrics registry) as arguments so
-tests start it in-process on ``127.0.0.1:0`` and talk to it through a real channel.
+``start_server`` takes its dependencies (ledger, settings, metrics) as arguments so tests start
+it in-process on ``127.0.0.1:0`` and talk to it through a real channel.
 """
 
 from __future__ import annotations
@@ -11,30 +11,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
+from intent_embed.grpc_server import GrpcServer, abort, until_signalled
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
+from metering.errors import InvalidUsage, LedgerError, NotFound, Unauthenticated, UnknownOrg
 from metering.group_commit import GroupCommitter
-from metering.ledger import (
-    Event,
-    InvalidUsage,
-    Ledger,
-    LedgerError,
-    NotFound,
-    Unauthenticated,
-    UnknownOrg,
-    validate_events,
-)
+from metering.ledger import Ledger
 from metering.models import utcnow
 from metering.settings import Settings
+from metering.usage import Event, validate_events
 
 log = logging.getLogger("metering.server")
 
@@ -116,10 +107,21 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         self._metrics = metrics
 
     async def _fail(
-        self, context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode, msg: str
-    ) -> None:
-        self._metrics.requests.labels(method, code.name).inc()
-        await context.abort(code, msg)
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        code: grpc.StatusCode,
+        message: str,
+        error: LedgerError | None = None,
+    ) -> NoReturn:
+        await abort(
+            context,
+            code,
+            message,
+            field=error.field if error is not None else "",
+            reason=error.reason if error is not None else "",
+            count=lambda c: self._metrics.requests.labels(method, c.name).inc(),
+        )
 
     async def RecordUsage(
         self, request: metering_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
@@ -135,8 +137,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             log.warning(
                 "event=record_rejected code=%s events=%d reason=%s", code.name, len(events), exc
             )
-            await self._fail(context, "RecordUsage", code, str(exc))
-            raise  # unreachable: abort raises
+            await self._fail(context, "RecordUsage", code, str(exc), exc)
         except Exception as exc:
             log.error("event=record_failed events=%d error=%r", len(events), exc)
             await self._fail(
@@ -145,7 +146,6 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 "the ledger could not commit the usage; retry with the same event ids",
             )
-            raise
         self._metrics.record_ok.inc()
         self._metrics.events_recorded.inc(result.recorded)
         self._metrics.events_duplicate.inc(result.duplicates)
@@ -160,14 +160,14 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         try:
             info = await asyncio.to_thread(self._ledger.authenticate, request.api_key)
         except Unauthenticated as exc:
-            await self._fail(context, "Authenticate", grpc.StatusCode.UNAUTHENTICATED, str(exc))
-            raise
+            await self._fail(
+                context, "Authenticate", grpc.StatusCode.UNAUTHENTICATED, str(exc), exc
+            )
         except Exception as exc:
             log.error("event=authenticate_failed error=%r", exc)
             await self._fail(
                 context, "Authenticate", grpc.StatusCode.UNAVAILABLE, "the ledger is unavailable"
             )
-            raise
         self._metrics.requests.labels("Authenticate", "OK").inc()
         return metering_pb2.AuthenticateResponse(
             org_id=info.org_id,
@@ -192,8 +192,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
                 self._ledger.usage, request.org_id, request.project_id, since
             )
         except LedgerError as exc:
-            await self._fail(context, "GetUsage", status_of(exc), str(exc))
-            raise
+            await self._fail(context, "GetUsage", status_of(exc), str(exc), exc)
         self._metrics.requests.labels("GetUsage", "OK").inc()
         return metering_pb2.GetUsageResponse(
             org_id=report.org_id,
@@ -214,46 +213,34 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
 
 @dataclass
 class RunningServer:
-    server: grpc.aio.Server
-    port: int
-    health: health_aio.HealthServicer
+    grpc_server: GrpcServer
     committer: GroupCommitter
 
+    @property
+    def port(self) -> int:
+        return self.grpc_server.port
+
     async def stop(self, grace: float) -> None:
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await self.grpc_server.stop(grace)
         await self.committer.stop()
 
 
-async def build_server(
+async def start_server(
     ledger: Ledger, settings: Settings, metrics: Metrics, *, address: str | None = None
 ) -> RunningServer:
     """Starts the gRPC server (SERVING once listening) and its group committer."""
     committer = GroupCommitter(
         ledger.record_calls, max_events=settings.commit_max_events, observe=metrics.observe_group
     )
-    committer.start()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    metering_pb2_grpc.add_MeteringServiceServicer_to_server(
-        MeteringServicer(ledger, committer, metrics), server
+    servicer = MeteringServicer(ledger, committer, metrics)
+    server = GrpcServer(
+        SERVICE_NAME,
+        lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, s),
+        address or f"{settings.host}:{settings.port}",
+        options=[("grpc.so_reuseport", 0)],
     )
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            reflection.SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        ),
-        server,
-    )
-    for name in ("", SERVICE_NAME):
-        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = server.add_insecure_port(address or f"{settings.host}:{settings.port}")
     await server.start()
-    for name in ("", SERVICE_NAME):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, health=health, committer=committer)
+    return RunningServer(server, committer)
 
 
 async def _billing_loop(run_once: Callable[[], object], interval_s: float) -> None:
@@ -277,24 +264,17 @@ async def serve(
         start_http_server(
             settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
         )
-    running = await build_server(ledger, settings, metrics)
+    running = await start_server(ledger, settings, metrics)
     log.info(
         "event=serving host=%s port=%d metrics_port=%d bill_interval_s=%s",
-        settings.host,
-        running.port,
-        settings.metrics_port,
-        settings.bill_interval_s,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        settings.host, running.port, settings.metrics_port, settings.bill_interval_s,
+    )  # fmt: skip
     billing: asyncio.Task[None] | None = None
     if billing_run is not None and settings.bill_interval_s > 0:
         billing = asyncio.create_task(_billing_loop(billing_run, settings.bill_interval_s))
     if on_ready is not None:
         await on_ready(running.port)
-    await stop.wait()
+    await until_signalled()
     log.info("event=shutting_down grace_s=%s", settings.shutdown_grace_s)
     if billing is not None:
         # A billing run in its worker thread finishes its current charge on its own; the

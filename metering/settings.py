@@ -1,7 +1,7 @@
 """Settings of the central metering service, its billing worker and its admin CLI.
 
 One pydantic-settings class; every field is read from ``METERING_<FIELD>`` (the sidecar has its
-own class in :mod:`metering.sidecar`). ``__main__`` creates the only instance.
+own class in :mod:`metering.sidecar.settings`). ``__main__`` creates the only instance.
 """
 
 from __future__ import annotations

@@ -10,14 +10,14 @@ from pydantic_settings import BaseSettings
 import embed_service.settings
 import gateway.settings
 import metering.settings
-import metering.sidecar
+import metering.sidecar.settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS: list[type[BaseSettings]] = [
     embed_service.settings.Settings,
     gateway.settings.Settings,
     metering.settings.Settings,
-    metering.sidecar.SidecarSettings,
+    metering.sidecar.settings.SidecarSettings,
 ]
 # Read by the test suite, not by a service.
 NOT_SETTINGS = {"METERING_TEST_DATABASE_URL"}

@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from intent_embed.v1 import metering_pb2_grpc
 from metering.database import make_engine, migrate
 from metering.ledger import Ledger
-from metering.server import Metrics, RunningServer, build_server
+from metering.server import Metrics, RunningServer, start_server
 from metering.settings import Settings
 
 PG_URL_ENV = "METERING_TEST_DATABASE_URL"
@@ -77,7 +77,7 @@ class Service:
 async def service(ledger: Ledger) -> AsyncIterator[Service]:
     """The MeteringService on 127.0.0.1:<free port>, reached through a real channel."""
     metrics = Metrics()
-    running = await build_server(ledger, Settings(**{}), metrics, address="127.0.0.1:0")
+    running = await start_server(ledger, Settings(**{}), metrics, address="127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
         yield Service(ledger, metrics, running, channel,

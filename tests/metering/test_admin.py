@@ -1,5 +1,5 @@
 """The admin CLI as a user runs it (`python -m metering admin ... --json`, real processes):
-org/project/key life cycle, usage and charges output, ensure-demo, and clear errors with
+org/project/key life cycle, usage and charges output, and clear errors with
 nothing written for unknown ids."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from metering.__main__ import main as metering_main
-from metering.ledger import Event
 from metering.models import utcnow
+from metering.usage import Event
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,7 @@ def test_org_project_key_life_cycle_and_usage(sqlite_url: str) -> None:
     assert "api_key" not in listed[0] and "key_hash" not in listed[0]
     assert admin(sqlite_url, "revoke-key", "--key", key["key_id"])["revoked"] is True
     assert admin(sqlite_url, "list-keys", "--org", org_id)[0]["revoked"] is True
-    from metering.ledger import Unauthenticated
+    from metering.errors import Unauthenticated
 
     with pytest.raises(Unauthenticated):
         ledger.authenticate(key["api_key"])
@@ -142,18 +142,3 @@ def test_unknown_ids_fail_clearly_and_write_nothing(sqlite_url: str) -> None:
 def test_missing_schema_points_to_migrate(tmp_path: Path) -> None:
     err = admin_process(f"sqlite:///{tmp_path / 'empty.db'}", "orgs", ok=False)
     assert "python -m metering migrate" in err
-
-
-def test_ensure_demo_is_idempotent(sqlite_url: str, tmp_path: Path) -> None:
-    key_file = tmp_path / "demo" / "key"
-    first = admin_process(sqlite_url, "ensure-demo", "--key-file", str(key_file))
-    second = admin_process(sqlite_url, "ensure-demo", "--key-file", str(key_file))
-    assert first == second
-    assert key_file.read_text().strip() == first["api_key"]
-    assert key_file.stat().st_mode & 0o077 == 0
-    assert first["stripe_customer_id"].startswith("cus_")
-    assert counts(sqlite_url)["api_keys"] == 1
-    # A revoked demo key is replaced by a new one rather than handed out.
-    admin(sqlite_url, "revoke-key", "--key", first["key_id"])
-    third = admin(sqlite_url, "ensure-demo", "--key-file", str(key_file))
-    assert third["api_key"] != first["api_key"] and third["org_id"] == first["org_id"]

@@ -14,9 +14,10 @@ import pytest
 import stripe
 
 from metering.billing import BillingConfig, BillingWorker
-from metering.ledger import Event, Ledger, Recorded
+from metering.ledger import Ledger
 from metering.models import utcnow
 from metering.pricing import owed_dollars
+from metering.usage import Event, Recorded
 from tests.fakes.fake_stripe import FakeStripe
 
 KEY = "sk_test_metering"

@@ -22,8 +22,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 from metering.database import make_engine
-from metering.ledger import Event, Ledger
+from metering.ledger import Ledger
 from metering.models import utcnow
+from metering.usage import Event
 from tests.fakes.fake_stripe import FakeStripe
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,10 @@ import grpc
 import pytest
 
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
-from metering.sidecar import SidecarMetrics, SidecarSettings, shutdown, start_sidecar
-from metering.spool import AppendResult, Spool, SpoolFullError
+from metering.sidecar.app import shutdown, start_sidecar
+from metering.sidecar.metrics import SidecarMetrics
+from metering.sidecar.settings import SidecarSettings
+from metering.sidecar.spool import AppendResult, Spool, SpoolFullError
 
 REQUEUE_SQL = """
 INSERT INTO events (event_id, payload, spooled_at)

@@ -1,0 +1,117 @@
+"""The gRPC server scaffold every service runs: health, reflection, graceful stop, error statuses.
+
+`GrpcServer` registers the standard health service (``""`` and the service's own name) and
+reflection next to the service, binds the port (0 picks a free one) and reports NOT_SERVING
+until the owner says it is ready; `stop` turns health NOT_SERVING before in-flight calls get
+their grace. `abort` ends a call with a status whose rich details (``google.rpc.BadRequest``
+naming the field to fix, ``google.rpc.ErrorInfo`` with a machine-readable reason) let clients
+act on the error without reading its message; `until_signalled` waits for SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# ErrorInfo.domain of every reason this project sends.
+ERROR_DOMAIN = "intent-embed"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class GrpcServer:
+    """A grpc.aio server with one service, health and reflection, bound to `address`."""
+
+    def __init__(
+        self,
+        service_name: str,
+        register: Callable[[grpc.aio.Server], None],
+        address: str,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.service_name = service_name
+        self.server = grpc.aio.server(options=list(options))
+        register(self.server)
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (service_name, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server
+        )
+        self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"cannot bind {address}")
+
+    async def start(self, *, serving: bool = True) -> None:
+        """Listens; health says SERVING now, or (`serving=False`) once `set_serving` is called."""
+        await self._set_health(_NOT_SERVING)
+        await self.server.start()
+        if serving:
+            await self.set_serving()
+
+    async def set_serving(self) -> None:
+        await self._set_health(_SERVING)
+
+    async def stop(self, grace: float) -> None:
+        """Health NOT_SERVING for good, then in-flight calls get `grace` seconds to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        for name in ("", self.service_name):
+            await self.health.set(name, status)
+
+
+async def abort(
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    field: str = "",
+    reason: str = "",
+    count: Callable[[grpc.StatusCode], None] | None = None,
+) -> NoReturn:
+    """Ends the call with `code` and `message`; `field` names the request field to fix
+    (BadRequest), `reason` says why in a word clients may branch on (ErrorInfo); `count` is
+    called with the code first (the service's metric of answers by code)."""
+    if count is not None:
+        count(code)
+    details = []
+    if field:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    if reason:
+        details.append(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    status = status_pb2.Status(code=_RPC_CODES[code], message=message, details=packed)
+    await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status always raises")
+
+
+# grpc.StatusCode carries (number, name); google.rpc.Status wants the number.
+_RPC_CODES = {code: code.value[0] for code in grpc.StatusCode}
+
+
+async def until_signalled(
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> None:
+    """Returns when the process gets one of `signals` (the start of a graceful stop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

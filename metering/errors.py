@@ -1,0 +1,36 @@
+"""The errors metering's operations report to their callers; each message says what to fix.
+
+The gRPC servicer maps them to status codes in one table (:mod:`metering.server`), the admin
+CLI prints them.
+"""
+
+from __future__ import annotations
+
+
+class LedgerError(Exception):
+    """Base of the errors the ledger reports to callers (message says what to fix)."""
+
+    # The google.rpc.ErrorInfo reason sent with the gRPC status ("" sends none).
+    reason = ""
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field  # the request field to fix, when one is to blame
+
+
+class InvalidUsage(LedgerError):
+    """A malformed usage event (gRPC INVALID_ARGUMENT)."""
+
+
+class UnknownOrg(LedgerError):
+    """Usage for an org or project the ledger does not know (gRPC FAILED_PRECONDITION)."""
+
+    reason = "UNKNOWN_ORG"
+
+
+class NotFound(LedgerError):
+    """An admin or query operation named an id that does not exist."""
+
+
+class Unauthenticated(LedgerError):
+    """Unknown, malformed or revoked API key."""
