@@ -157,7 +157,9 @@ class SelfSplit:
         for i, label in enumerate(self.data.labels):
             by_intent.setdefault(label, []).append(i)
         intents = sorted(k for k, v in by_intent.items() if len(v) >= 2)
-        unknown = set(rng.sample(intents, max(1, round(self.oos_share * len(intents)))))
+        # At least two known intents stay, or nearest-centroid has nothing to choose between.
+        n_unknown = min(max(1, round(self.oos_share * len(intents))), len(intents) - 2)
+        unknown = set(rng.sample(intents, max(0, n_unknown)))
         support: list[int] = []
         queries: list[int] = []
         oos: list[int] = []

@@ -53,6 +53,10 @@ class LocalEncoder:
     def describe(self) -> str:
         return self._what
 
+    @property
+    def revision(self) -> str:
+        return self._model.revision
+
 
 class ServiceEncoder:
     """Calls `EmbedService.Embed` of a running service in batches of at most 256 inputs."""

@@ -19,7 +19,7 @@ from typing import Any
 from intent_model.holdout import HOLDOUTS
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
-from intent_model.train import TrainConfig, train
+from intent_model.train import TrainConfig, config_record, train
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,26 @@ def recipe_of(model_dir: Path) -> dict[str, Any]:
 
 
 def run_check(model_dir: Path, check: str, work: Path) -> dict[str, Any]:
+    """Trains the check (unless `work/check` already holds a run of exactly this config, as
+    when an experiment of the recipe was run with the same holdout) and evaluates it."""
     cfg = TrainConfig(out=work / check, holdout=check, evaluate=True, **recipe_of(model_dir))
-    train(cfg)
+    if _trained_with(cfg):
+        log.info("leaveout_reuse check=%s out=%s", check, cfg.out)
+    else:
+        train(cfg)
     return evaluate_training_run(cfg.out)
+
+
+def _trained_with(cfg: TrainConfig) -> bool:
+    """True when `cfg.out` holds a finished run whose recipe is `cfg`'s (where it was written,
+    whether it was evaluated, threads and the cache location aside)."""
+    metrics = cfg.out / "metrics.json"
+    if not metrics.is_file() or not (cfg.out / "adapter.safetensors").is_file():
+        return False
+    recorded = json.loads(metrics.read_text(encoding="utf-8"))["config"]
+    ignored = {"out", "evaluate", "threads", "cache"}
+    wanted = {k: v for k, v in config_record(cfg).items() if k not in ignored}
+    return {k: v for k, v in recorded.items() if k not in ignored} == wanted
 
 
 def main(argv: list[str] | None = None) -> int:

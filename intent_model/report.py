@@ -4,6 +4,7 @@ the run's `eval.json` and model card."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -63,6 +64,26 @@ def evaluate_models(models: dict[str, Any], benchmarks: list[Benchmark]) -> Resu
     return out
 
 
+def _suite_key(revision: str, benchmarks: list[Benchmark]) -> str:
+    digest = hashlib.sha256(revision.encode())
+    for bench in benchmarks:
+        digest.update(bench.name.encode() + b"\0" + "\0".join(bench.texts()).encode() + b"\1")
+    return digest.hexdigest()[:16]
+
+
+def base_results(base: LocalEncoder, benchmarks: list[Benchmark], cache: Path | None) -> Results:
+    """The base model's results, kept in `cache` keyed by its revision and the suite's texts:
+    every run of one suite measures the same base, which costs minutes on a CPU."""
+    path = cache / f"eval-{_suite_key(base.revision, benchmarks)}.json" if cache else None
+    if path is not None and path.is_file():
+        return {"base": json.loads(path.read_text(encoding="utf-8"))}
+    results = evaluate_models({"base": base}, benchmarks)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results["base"]), encoding="utf-8")
+    return results
+
+
 def evaluate_training_run(out_dir: Path) -> Results:
     """The base and the adapter in `out_dir` on the suite of the run's holdout; writes
     `eval.json` beside the adapter and returns the results."""
@@ -78,13 +99,9 @@ def evaluate_training_run(out_dir: Path) -> Results:
     )
     base = Path(cfg["base"]) if cfg.get("base") not in (None, "None") else base_model_dir()
     benchmarks = holdout_suite(holdout, clinc, pretrain)
-    results = evaluate_models(
-        {
-            "base": LocalEncoder.from_directory(base),
-            "trained": LocalEncoder.from_directory(out_dir),
-        },
-        benchmarks,
-    )
+    cache = Path(cfg["cache"]) if cfg.get("cache") not in (None, "None") else None
+    results = base_results(LocalEncoder.from_directory(base), benchmarks, cache)
+    results |= evaluate_models({"trained": LocalEncoder.from_directory(out_dir)}, benchmarks)
     body = {"holdout": cfg["holdout"], "results": results}
     (out_dir / "eval.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     print(results_table(results))

@@ -6,6 +6,11 @@ otherwise push apart two names for one intent).
 A source is chosen per batch with probability `share`; within it, intents are drawn without
 replacement with weight count ** `intent_power` (0 uniform, 1 by size), and each intent hands
 out its utterances from a reshuffled queue, so every utterance is used before any repeats.
+
+Hard negatives: given each intent's neighbours (the intents the base model confuses it with,
+nearest first), a share of every batch is filled with small neighbourhoods (an intent drawn as
+above plus its nearest intents not yet in the batch), so the batch must tell apart intents that
+are close, as users' own intents within one domain are; the rest is drawn as above.
 """
 
 from __future__ import annotations
@@ -49,7 +54,14 @@ class SourceSampler:
     """P x K batches from one source's labels."""
 
     def __init__(
-        self, labels: list[str], per_intent: int, intent_power: float, rng: random.Random
+        self,
+        labels: list[str],
+        per_intent: int,
+        intent_power: float,
+        rng: random.Random,
+        neighbours: dict[str, list[str]] | None = None,
+        hard_share: float = 0.0,
+        neighbourhood: int = 4,
     ) -> None:
         by_intent: dict[str, list[int]] = {}
         for i, label in enumerate(labels):
@@ -60,9 +72,29 @@ class SourceSampler:
         self._queues = {k: _Queue(by_intent[k], rng) for k in self.intents}
         self._per_intent = per_intent
         self._rng = rng
+        known = set(self.intents)
+        self._neighbours = {
+            k: [n for n in v if n in known and n != k] for k, v in (neighbours or {}).items()
+        }
+        self._hard_share = hard_share if neighbours else 0.0
+        self._neighbourhood = neighbourhood
 
     def batch(self, source: str, batch_intents: int) -> Batch:
-        chosen = _weighted_sample(self.intents, self._weights, batch_intents, self._rng)
+        order = _weighted_sample(self.intents, self._weights, len(self.intents), self._rng)
+        size = min(batch_intents, len(self.intents))
+        hard = round(self._hard_share * size)
+        chosen: list[str] = []
+        taken: set[str] = set()
+        for seed in order:
+            if len(chosen) >= hard:
+                break
+            if seed in taken:
+                continue
+            close = [n for n in self._neighbours.get(seed, []) if n not in taken]
+            for intent in [seed, *close][: min(self._neighbourhood, size - len(chosen))]:
+                chosen.append(intent)
+                taken.add(intent)
+        chosen += [i for i in order if i not in taken][: size - len(chosen)]
         rows: list[int] = []
         for intent in chosen:
             rows += self._queues[intent].take(self._per_intent)

@@ -76,6 +76,13 @@ class TrainConfig:
     intent_power: float = field(
         default=0.5, metadata={"help": "intent drawn with weight size**power within a source"}
     )
+    hard_share: float = field(
+        default=0.0,
+        metadata={"help": "share of each batch filled with neighbourhoods of confusable intents"},
+    )
+    neighbourhood: int = field(
+        default=4, metadata={"help": "intents per neighbourhood (an intent and its nearest)"}
+    )
     temperature: float = field(default=0.05, metadata={"help": "contrastive temperature"})
     preserve: float = field(
         default=100.0, metadata={"help": "weight of the geometry-preserving term (0: off)"}
@@ -112,6 +119,11 @@ class TrainConfig:
 
     def holdout_spec(self) -> Holdout:
         return Holdout(self.holdout, tuple(self.holdout_domains), self.holdout_share, self.seed)
+
+
+def config_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as metrics.json records it (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -193,6 +205,22 @@ def _served_min_cosine(model: Any, embedder: Any, out: Path, ids: list[list[int]
     return round(float((served.embed_ids(ids) * trained).sum(axis=1).min()), 6)
 
 
+def _neighbours(src: _Source) -> dict[str, list[str]]:
+    """Each intent's other intents, nearest first by the cosine of the base model's intent
+    centroids: the intents the untrained model confuses it with. Needs the base vectors."""
+    if src.base is None:
+        raise ValueError("hard negatives need the base vectors (--preserve > 0)")
+    names = sorted(set(src.labels))
+    index = {name: i for i, name in enumerate(names)}
+    rows = torch.tensor([index[label] for label in src.labels])
+    sums = torch.zeros(len(names), src.base.shape[1]).index_add_(
+        0, rows, torch.nn.functional.normalize(src.base, dim=1)
+    )
+    centroids = torch.nn.functional.normalize(sums, dim=1)
+    order = torch.argsort(centroids @ centroids.T, dim=1, descending=True)
+    return {name: [names[j] for j in order[i].tolist() if j != i] for i, name in enumerate(names)}
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then linear decay to zero at the last step."""
     if step < warmup:
@@ -222,7 +250,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             src.base_names = dict(zip(names, vectors[len(src.ids) :], strict=True))
     rng = random.Random(cfg.seed)
     samplers = {
-        name: SourceSampler(src.labels, cfg.per_intent, cfg.intent_power, rng)
+        name: SourceSampler(
+            src.labels,
+            cfg.per_intent,
+            cfg.intent_power,
+            rng,
+            neighbours=_neighbours(src) if cfg.hard_share > 0 else None,
+            hard_share=cfg.hard_share,
+            neighbourhood=cfg.neighbourhood,
+        )
         for name, src in sources.items()
     }
     shares = {"clinc150": cfg.clinc_share, "pretrain": 1.0 - cfg.clinc_share}
@@ -297,7 +333,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     write_adapter(cfg.out, adapter, adapter_tensors(model))
     probe = next(iter(sources.values())).ids[:_PROBE_TEXTS]
     report: dict[str, Any] = {
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "config": config_record(cfg),
         "trained_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": str(device),
         "threads": torch.get_num_threads(),

@@ -52,6 +52,26 @@ def test_an_intent_hands_out_every_utterance_before_repeating_one() -> None:
     assert sorted(taken) == list(range(20))
 
 
+def test_hard_share_fills_batches_with_neighbourhoods_of_confusable_intents() -> None:
+    labels = _labels({f"i{n}": 4 for n in range(12)})
+    ring = {f"i{n}": [f"i{(n + d) % 12}" for d in (1, 2, 3)] for n in range(12)}
+    sampler = SourceSampler(labels, 2, 0.0, random.Random(0), ring, hard_share=0.5,
+                            neighbourhood=3)  # fmt: skip
+    seeds = set()
+    for _ in range(50):
+        batch = sampler.batch("s", 6)
+        seed = int(batch.intents[0][1:])
+        seeds.add(seed)
+        # The first half: an intent and its two nearest; the rest drawn as without hard share.
+        assert batch.intents[1:3] == [f"i{(seed + 1) % 12}", f"i{(seed + 2) % 12}"]
+        assert len(set(batch.intents)) == 6
+    assert len(seeds) > 6  # neighbourhoods start from every part of the ring
+    plain = SourceSampler(labels, 2, 0.0, random.Random(0), ring, hard_share=0.0)
+    batches = [plain.batch("s", 6).intents for _ in range(50)]
+    next_to_seed = sum(b[1] == f"i{(int(b[0][1:]) + 1) % 12}" for b in batches)
+    assert next_to_seed < 25  # without hard share, the neighbour follows by chance only
+
+
 def test_source_shares_decide_how_often_each_source_is_drawn() -> None:
     rng = random.Random(0)
     samplers = {n: SourceSampler(_labels({f"{n}1": 4, f"{n}2": 4}), 2, 0.5, rng) for n in "ab"}

@@ -126,3 +126,28 @@ def test_cli_trains_evaluates_and_writes_the_card(
 def test_cli_rejects_an_unknown_holdout(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="holdout must be one of"):
         main(["--out", str(tmp_path), "--holdout", "banking77"])
+
+
+def test_leaveout_checks_train_the_recipe_without_each_group_and_reuse_finished_runs(
+    tiny_model_dir: Path, tiny_clinc: Path, tiny_pretrain: Path, tmp_path: Path
+) -> None:
+    from intent_model.leaveout import main as leaveout_main
+
+    model = tmp_path / "model"
+    train(_config(tiny_model_dir, tiny_clinc, tiny_pretrain, model, steps=2, holdout_share=0.4))
+    work = tmp_path / "work"
+    argv = [str(model), "--checks", "clinc150,pretrain-intents", "--work", str(work)]
+    assert leaveout_main(argv) == 0
+    results = json.loads((model / "leaveout.json").read_text())
+    assert set(results) == {"clinc150", "pretrain-intents"}
+    assert set(results["pretrain-intents"]["trained"]) == {"pretrain/held-out-intents"}
+    held = json.loads((work / "pretrain-intents" / "metrics.json").read_text())
+    assert held["examples"]["pretrain"] == 9  # two of five intents (3 utterances each) left out
+    card = (model / "README.md").read_text()
+    assert "## Leave-out checks" in card and "### clinc150:" in card
+    adapter = work / "clinc150" / ADAPTER_WEIGHTS
+    before = adapter.stat().st_mtime_ns
+    assert leaveout_main([str(model), "--checks", "clinc150", "--work", str(work)]) == 0
+    assert adapter.stat().st_mtime_ns == before  # the same recipe already ran: not retrained
+    with pytest.raises(SystemExit):
+        leaveout_main([str(model), "--checks", "banking77"])
