@@ -32,10 +32,6 @@ class Report:
         self.lines.append(text)
         print(text, flush=True)
 
-    # Aliases so sections written against another name for "write a line" also work.
-    print = line
-    write = line
-
     def text(self) -> str:
         return "\n".join(self.lines)
 

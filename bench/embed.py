@@ -29,37 +29,29 @@ from typing import Any
 
 import grpc
 
-from devstack.stack import free_port, grpc_serving
+from devstack.probes import NotReady, free_port, wait_serving
+from tests.support.clinc150 import REPO_ROOT as REPO
+from tests.support.clinc150 import clinc_test_texts
 
-REPO = Path(__file__).resolve().parents[1]
-CLINC150 = REPO.parent / "shared" / "data" / "clinc150" / "data_full.json"
 CONCURRENCY = (1, 16, 64)
 SECONDS = float(os.environ.get("BENCH_EMBED_SECONDS", "8"))
 RAW_SECONDS = float(os.environ.get("BENCH_EMBED_RAW_SECONDS", "1.5"))
 RAW_BATCHES = (16, 32, 64, 128)
 
-_FALLBACK = [
-    "my card was charged twice", "what is my balance", "set an alarm for 7 am",
-    "how do i say thank you in french", "is my flight on time", "tell me a joke",
-    "transfer 50 dollars to savings", "what's the weather like tomorrow",
-]
-
-
 def load_queries() -> list[str]:
-    if CLINC150.exists():
-        return [text for text, _ in json.loads(CLINC150.read_text())["test"]]
-    return _FALLBACK * 64
+    """The CLINC150 test queries (a short fallback list in a bare clone)."""
+    return clinc_test_texts()
 
 
 def raw_ceiling(
-    dtype: str, queries: list[str], packed: bool = True, whole_model: bool = False
+    dtype: str, queries: list[str], unpadded: bool = True, whole_model: bool = False
 ) -> dict[str, Any]:
     """Batch-1 latency and best-batch throughput of the model in this process, no server.
 
-    `packed` runs the service's unpadded forward, else transformers' padded one. `whole_model`
-    casts every weight to `dtype` and runs transformers' padded forward: the
-    naive variant (`model.to(bfloat16)`) the issue measured its ceiling with, which the service
-    does not ship because it fails the cosine >= 0.9999 quality bar.
+    `unpadded` runs the service's unpadded forward, else transformers' padded one. `whole_model`
+    casts every weight to `dtype` and runs transformers' padded forward: the naive variant
+    (`model.to(bfloat16)`), which the service does not ship because it fails the cosine >=
+    0.9999 quality bar.
     """
     import torch
 
@@ -68,7 +60,7 @@ def raw_ceiling(
 
     model = EmbeddingModel.from_directory(
         default_model_path(), device="auto", dtype="float32" if whole_model else dtype,
-        num_threads=os.cpu_count() or 1, packed=packed and not whole_model,
+        num_threads=os.cpu_count() or 1, unpadded=unpadded and not whole_model,
     )
     if whole_model:
         model.dtype = getattr(torch, dtype)
@@ -131,8 +123,7 @@ def run(report: Any) -> None:
 
     bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
     # (name, dtype, unpadded, whole model cast): the service's forward in each dtype, the
-    # padded float32 transformers forward (#2's "raw model", ~480/s at batch 64 there), and the
-    # naive model.to(bfloat16) that #7's table measured its bf16 ceiling with.
+    # padded float32 transformers forward, and the naive model.to(bfloat16).
     variants = [
         ("float32 padded", "float32", False, False),
         ("float32 unpadded", "float32", True, False),
@@ -140,12 +131,12 @@ def run(report: Any) -> None:
         ("bfloat16 whole-model padded (not shipped)", "bfloat16", False, True),
     ][: 4 if bf16 else 2]
     raw: dict[str, dict[str, Any]] = {}
-    for name, dtype, packed, whole in variants:
+    for name, dtype, unpadded, whole in variants:
         # In a worker thread, as the service runs its forward passes. On the shared 2-core
         # machine batch-1 forwards here sometimes stall for whole stretches (~450 ms a call,
         # against 7-15 ms otherwise); the min column shows the unstalled figure.
         with ThreadPoolExecutor(1) as pool:
-            r = raw[name] = pool.submit(raw_ceiling, dtype, short, packed, whole).result()
+            r = raw[name] = pool.submit(raw_ceiling, dtype, short, unpadded, whole).result()
         per_batch = ", ".join(f"b{b} {v:.0f}/s" for b, v in r["per_batch"].items())
         report.line(
             f"raw {name} on {r['device']}: batch 1 p50 {r['batch1_ms']:.2f} ms "
@@ -170,14 +161,11 @@ def run(report: Any) -> None:
             stdout=subprocess.DEVNULL, stderr=open(Path(tmp) / "embed.log", "wb"),
         )
         try:
-            deadline = time.monotonic() + 180
-            while not grpc_serving(address):
-                if service.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        "embed service did not start: "
-                        + (Path(tmp) / "embed.log").read_text()[-2000:]
-                    )
-                time.sleep(0.2)
+            try:
+                wait_serving(address, service, within_s=180)
+            except NotReady as exc:
+                log = (Path(tmp) / "embed.log").read_text()[-2000:]
+                raise RuntimeError(f"embed service: {exc}: {log}") from None
             info = _info(address)
             report.line(f"service: dtype {info.dtype} on {info.device}, "
                         f"max_batch_tokens {info.max_batch_tokens}, metering off")
@@ -215,8 +203,8 @@ def run(report: Any) -> None:
     c1 = by_c[1]["p50_ms"]
     report.line(
         f"served/raw at C=64: {ratio:.2f} of the best raw ceiling ({ceiling_name}, "
-        f"{ceiling['best_per_s']:.0f}/s; #7 target >= 0.85); {padded:.2f} of the padded float32 "
-        f"model ({raw['float32 padded']['best_per_s']:.0f}/s; #2 target >= 0.8)"
+        f"{ceiling['best_per_s']:.0f}/s; target >= 0.85); {padded:.2f} of the padded float32 "
+        f"model ({raw['float32 padded']['best_per_s']:.0f}/s; target >= 0.8)"
     )
     report.line(
         f"C=1 p50 {c1:.2f} ms vs raw batch-1 {served_raw['batch1_ms']:.2f} ms "

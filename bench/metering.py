@@ -3,8 +3,8 @@ call) on SQLite and, when a PostgreSQL URL is set, on PostgreSQL; and the meteri
 time per embedding request next to the CPU cost of that embedding request itself.
 
 The metering service runs as its own process (as in production), so its CPU time is read from
-/proc and not mixed with the load generator's. Targets (issue 3): >= 2,000 one-event calls/s
-on SQLite, metering under 5% of an embedding request's CPU. ``run(report)`` is called by
+/proc and not mixed with the load generator's. Targets: >= 2,000 one-event calls/s on SQLite,
+metering under 5% of an embedding request's CPU. ``run(report)`` is called by
 ``python -m bench``; ``python -m bench.metering`` runs it alone. PostgreSQL: set
 METERING_BENCH_DATABASE_URL or METERING_TEST_DATABASE_URL (a throwaway schema is used).
 """
@@ -27,7 +27,7 @@ from urllib.parse import quote
 
 import grpc
 
-from devstack.stack import free_port, grpc_serving
+from devstack.probes import free_port, wait_serving
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,11 +68,7 @@ def _service(url: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
     }
     proc = subprocess.Popen([sys.executable, "-m", "metering"], env=env, cwd=ROOT)
     try:
-        deadline = time.monotonic() + 60
-        while not grpc_serving(f"127.0.0.1:{port}"):
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise RuntimeError("metering did not start")
-            time.sleep(0.1)
+        wait_serving(f"127.0.0.1:{port}", proc, within_s=60)
         yield port, proc
     finally:
         proc.terminate()

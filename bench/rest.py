@@ -23,82 +23,32 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from bench.embed import load_queries
 from bench.metering import cpu_seconds
-from devstack.stack import free_port, grpc_serving, http_ok
-from intent_embed.v1 import embed_pb2, embed_pb2_grpc, metering_pb2, metering_pb2_grpc
+from devstack.probes import NotReady, free_port, grpc_serving, http_ok, wait_ready
+from intent_embed.v1 import embed_pb2, embed_pb2_grpc, metering_pb2
+from tests.support.clinc150 import REPO_ROOT as REPO
+from tests.support.fake_metering import FakeMetering, FakeServer, ThreadedServer
 
-REPO = Path(__file__).resolve().parents[1]
-CLINC150 = REPO.parent / "shared" / "data" / "clinc150" / "data_full.json"
 BENCH_KEY = "sk-bench-rest"
 GRPC_CONCURRENCY = (1, 16, 64)
 WRK_CONNECTIONS = (1, 16, 64, 256)
 SECONDS = float(os.environ.get("BENCH_REST_SECONDS", "6"))
 
 
-def _say(report: Any, line: str) -> None:
-    """Write one report line through whatever the bench harness handed us."""
-    for name in ("line", "print", "write", "add"):
-        method = getattr(report, name, None)
-        if callable(method):
-            method(line)
-            return
-    if callable(report):
-        report(line)
-    else:
-        print(line, flush=True)
-
-
-def load_queries() -> list[str]:
-    rows = json.loads(CLINC150.read_text())["test"]
-    return [text for text, _intent in rows]
-
-
-class _BenchMetering(metering_pb2_grpc.MeteringServiceServicer):
-    """Authenticate only: the bench key belongs to a paying org."""
-
-    def Authenticate(
-        self, request: metering_pb2.AuthenticateRequest, context: grpc.ServicerContext
-    ) -> metering_pb2.AuthenticateResponse:
-        if request.api_key != BENCH_KEY:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown key")
-        return metering_pb2.AuthenticateResponse(
-            org_id="org-bench", billing_ok=True, billing_state="ok", key_id="bench"
-        )
-
-
-@contextmanager
-def serving(register: Callable[[grpc.Server], None], service: str, workers: int) -> Iterator[str]:
-    """A threaded gRPC server on 127.0.0.1 with `register`'s servicer, reporting SERVING."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
-    register(server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", service):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(0)
-
-
-def bench_metering() -> AbstractContextManager[str]:
-    return serving(
-        lambda server: metering_pb2_grpc.add_MeteringServiceServicer_to_server(
-            _BenchMetering(), server
-        ),
-        "intent_embed.v1.MeteringService",
-        workers=4,
+def bench_metering() -> ThreadedServer:
+    """Metering for the gateway's auth: the bench key belongs to a paying org."""
+    key = metering_pb2.AuthenticateResponse(
+        org_id="org-bench", billing_ok=True, billing_state="ok", key_id="bench"
     )
+    return ThreadedServer(FakeServer.metering(FakeMetering(keys={BENCH_KEY: key})))
 
 
 @contextmanager
@@ -109,14 +59,11 @@ def process(args: list[str], env: dict[str, str], ready: Callable[[], bool]) -> 
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while not ready():
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode()[-1500:] if proc.stderr else ""
-                raise RuntimeError(f"{args} exited with {proc.returncode}: {err}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{args} did not become ready")
-            time.sleep(0.2)
+        try:
+            wait_ready(ready, proc, within_s=180, what=" ".join(args))
+        except NotReady as exc:
+            err = proc.stderr.read().decode()[-1500:] if proc.stderr else ""
+            raise RuntimeError(f"{exc}: {err}") from None
         yield proc.pid
     finally:
         proc.terminate()
@@ -282,7 +229,7 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float, gateway_pi
 def ensure_wrk(report: Any) -> bool:
     if shutil.which("wrk"):
         return True
-    _say(report, "  wrk missing: installing the Debian package")
+    report.line("  wrk missing: installing the Debian package")
     for cmd in (["apt-get", "install", "-y", "wrk"], ["apt-get", "update"],
                 ["apt-get", "install", "-y", "wrk"]):  # fmt: skip
         subprocess.run(cmd, capture_output=True, timeout=300, check=False)
@@ -310,8 +257,8 @@ class _StubEmbed(embed_pb2_grpc.EmbedServiceServicer):
     def __init__(self) -> None:
         self.vector = (b"\x00\x00\x80\x3d") * 384  # 0.0625 as little-endian float32
 
-    def Embed(
-        self, request: embed_pb2.EmbedRequest, context: grpc.ServicerContext
+    async def Embed(
+        self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embed_pb2.EmbedResponse:
         reply = embed_pb2.EmbedResponse(model="intent-embed")
         total = 0
@@ -323,12 +270,12 @@ class _StubEmbed(embed_pb2_grpc.EmbedServiceServicer):
         return reply
 
 
-def stub_embed() -> AbstractContextManager[str]:
-    return serving(
-        lambda server: embed_pb2_grpc.add_EmbedServiceServicer_to_server(_StubEmbed(), server),
+def stub_embed() -> ThreadedServer:
+    stub = _StubEmbed()
+    return ThreadedServer(FakeServer(
         "intent_embed.v1.EmbedService",
-        workers=8,
-    )
+        lambda server: embed_pb2_grpc.add_EmbedServiceServicer_to_server(stub, server),
+    ))  # fmt: skip
 
 
 def gateway_overhead(report: Any, queries: list[str]) -> None:
@@ -336,14 +283,15 @@ def gateway_overhead(report: Any, queries: list[str]) -> None:
     difference is the gateway's own latency and CPU, not model noise."""
     if not shutil.which("wrk"):
         return
-    _say(report, "  gateway alone (stub embed service answering at once, no model):")
+    report.line("  gateway alone (stub embed service answering at once, no model):")
     port = free_port()
     with (
-        bench_metering() as metering_addr,
-        stub_embed() as embed_addr,
-        gateway_process(port, embed_addr, metering_addr) as pid,
+        bench_metering() as metering,
+        stub_embed() as embed,
+        gateway_process(port, embed.server.address, metering.server.address) as pid,
         tempfile.TemporaryDirectory() as tmp,
     ):
+        embed_addr = embed.server.address
         direct = asyncio.run(_grpc_load(embed_addr, queries, 1, SECONDS / 2))
         script = Path(tmp) / "post.lua"
         wrk_script(queries, script)
@@ -354,17 +302,17 @@ def gateway_overhead(report: Any, queries: list[str]) -> None:
     direct.name = "stub gRPC C=1"
     rest1.name, rest64.name = "stub REST c=1", "stub REST c=64"
     for r in (direct, rest1, rest64):
-        _say(report, r.line())
-    _say(report, f"    gateway p50 overhead at C=1 (stub) = {rest1.p50_ms - direct.p50_ms:.2f} ms")
+        report.line(r.line())
+    report.line(f"    gateway p50 overhead at C=1 (stub) = {rest1.p50_ms - direct.p50_ms:.2f} ms")
 
 
 def run(report: Any) -> None:
     """The REST section of `python -m bench`."""
-    _say(report, "REST gateway (wrk) vs gRPC vs raw model; one CLINC150 query per request")
-    _say(report, "  note: 2 shared cores; the load generators compete with the servers for CPU")
+    report.line("REST gateway (wrk) vs gRPC vs raw model; one CLINC150 query per request")
+    report.line("  note: 2 shared cores; the load generators compete with the servers for CPU")
     queries = load_queries()
     raw_p50, raw_rate, dtype = raw_model(queries)
-    _say(report, f"  raw in-process ({dtype}): batch-1 p50={raw_p50:.2f} ms, "
+    report.line(f"  raw in-process ({dtype}): batch-1 p50={raw_p50:.2f} ms, "
                  f"best batch {raw_rate:.0f} q/s")  # fmt: skip
     embed_port, gateway_port = free_port(), free_port()
     embed_addr = f"127.0.0.1:{embed_port}"
@@ -374,15 +322,15 @@ def run(report: Any) -> None:
         "EMBED_METRICS_PORT": "0", "EMBED_METERING_ADDR": "", "EMBED_LOG_LEVEL": "warning",
     }  # fmt: skip
     with (
-        bench_metering() as metering_addr,
+        bench_metering() as metering,
         process(["-m", "embed_service"], embed_env, lambda: grpc_serving(embed_addr)),
-        gateway_process(gateway_port, embed_addr, metering_addr) as gateway_pid,
+        gateway_process(gateway_port, embed_addr, metering.server.address) as gateway_pid,
     ):
         grpc_results = [
             asyncio.run(_grpc_load(embed_addr, queries, c, SECONDS)) for c in GRPC_CONCURRENCY
         ]
         for r in grpc_results:
-            _say(report, r.line())
+            report.line(r.line())
         rest_results: list[Result] = []
         if ensure_wrk(report):
             with tempfile.TemporaryDirectory() as tmp:
@@ -392,9 +340,9 @@ def run(report: Any) -> None:
                 run_wrk(url, script, 8, 2, gateway_pid)  # warm-up
                 for c in WRK_CONNECTIONS:
                     rest_results.append(run_wrk(url, script, c, SECONDS, gateway_pid))
-                    _say(report, rest_results[-1].line())
+                    report.line(rest_results[-1].line())
         else:
-            _say(report, "  wrk unavailable: REST rows skipped")
+            report.line("  wrk unavailable: REST rows skipped")
     gateway_overhead(report, queries)
     if not rest_results:
         return
@@ -403,21 +351,23 @@ def run(report: Any) -> None:
     overhead = by_c[1].p50_ms - grpc1.p50_ms
     at64 = by_c[64].rps / raw_rate
     worst = by_c[256]
-    _say(report, "  targets:")
-    _say(report, f"    REST c=64 / raw best-batch = {at64:.2f} (#4 target >= 0.60: "
-                 f"{'PASS' if at64 >= 0.6 else 'MISS'}; #7 target >= 0.70: "
+    report.line("  targets:")
+    report.line(f"    REST c=64 / raw best-batch = {at64:.2f} (target >= 0.60: "
+                 f"{'PASS' if at64 >= 0.6 else 'MISS'}; stretch target >= 0.70: "
                  f"{'PASS' if at64 >= 0.7 else 'MISS'})")  # fmt: skip
     grpc64 = next(r for r in grpc_results if r.name == "gRPC C=64")
-    _say(report, f"    REST c=64 / gRPC C=64 = {by_c[64].rps / grpc64.rps:.2f} (what the gateway "
+    report.line(f"    REST c=64 / gRPC C=64 = {by_c[64].rps / grpc64.rps:.2f} (what the gateway "
                  "keeps of the service's throughput)")  # fmt: skip
-    _say(report, f"    REST c=1 p50 = {by_c[1].p50_ms:.2f} ms (target <= 6) "
+    report.line(f"    REST c=1 p50 = {by_c[1].p50_ms:.2f} ms (target <= 6) "
                  f"{'PASS' if by_c[1].p50_ms <= 6 else 'MISS'}")  # fmt: skip
-    _say(report, f"    gateway p50 overhead at C=1 = {overhead:.2f} ms over gRPC (target <= 2) "
+    report.line(f"    gateway p50 overhead at C=1 = {overhead:.2f} ms over gRPC (target <= 2) "
                  f"{'PASS' if overhead <= 2 else 'MISS'}")  # fmt: skip
     clean = "other:0" in worst.errors and "socket" not in worst.errors
-    _say(report, f"    c=256: errors={worst.errors} (target: only 429s) "
+    report.line(f"    c=256: errors={worst.errors} (target: only 429s) "
                  f"{'PASS' if clean else 'MISS'}")  # fmt: skip
 
 
 if __name__ == "__main__":
-    run(print)
+    from bench.__main__ import Report
+
+    run(Report())

@@ -12,29 +12,18 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack.probes import NotReady, free_port, grpc_serving, http_ok, wait_ready
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -120,26 +109,6 @@ MODULES = {
 
 class StackError(RuntimeError):
     """A service of the stack exited or did not become ready."""
-
-
-def grpc_serving(address: str, service: str = "", timeout: float = 1.0) -> bool:
-    """True when the gRPC health service at `address` says SERVING."""
-    try:
-        with grpc.insecure_channel(address) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=timeout
-            )
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-    except grpc.RpcError:
-        return False
-
-
-def http_ok(url: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @dataclass
@@ -284,15 +253,11 @@ class Stack:
         """Starts a service (again, after a stop or a kill) and waits until it is ready."""
         service = self.services[name]
         service.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not service.alive():
-                raise StackError(f"{name} exited during start-up:\n{service.log_tail()}")
-            if self.ready(name):
-                log.info("service=%s ready", name)
-                return
-            time.sleep(0.2)
-        raise StackError(f"{name} not ready after {timeout:.0f}s:\n{service.log_tail()}")
+        try:
+            wait_ready(lambda: self.ready(name), service.process, timeout, name)
+        except NotReady as exc:
+            raise StackError(f"{exc}:\n{service.log_tail()}") from None
+        log.info("service=%s ready", name)
 
     def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
         """Stops the services front to back; returns each one's exit code."""

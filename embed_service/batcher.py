@@ -9,21 +9,14 @@ runs the next batch, so scattering answers and serialising responses overlap the
 request larger than one batch is split and reassembled in order.
 
 One bounded exception to "start at once": after a batch that finished requests, the thread
-expects their callers back (a caller waits for its answer before it sends the next request):
-it waits until the queue holds what was queued when that batch ended plus the inputs of the
+expects their callers back (a caller waits for its answer before it sends the next request).
+It waits until the queue holds what was queued when that batch ended plus the inputs of the
 requests it finished, but never longer than half that batch's forward time (capped at
 `_MAX_REFILL_WAIT_S`), and it stops as soon as no input arrived for `_ARRIVAL_GAP_S` since the
-batch ended or since the last arrival, whichever is later (the callers are not coming). Without
-the wait the first caller back would run alone and batches would alternate 1, k-1; waiting only
-for the k just answered (the first version) kept two half batches at C = 64 over gRPC, where one
-batch of 64 runs 1.4x faster than two of 32 on 2 cores and the event loop's work for the
-callers no longer competes with the forward pass. A lone caller never waits: it finished one
-request, expects one input, and that is the one that arrives. Measured limits: in `make bench`
-the forward thread often got back to this check more than the gap after its forward ended (it
-waits for the GIL while the loop works), so mean batches at C = 64 were 33-41, not 64; a variant
-that waited for the first caller to be back raised them to 41-51 but not the throughput on the
-2-core VM (paired runs 301/292 vs 312/345 per s), where the service ran batches of 32 and 64 at
-about the same rate. A GPU, where a bigger batch costs little more, may tell them apart.
+batch ended or since the last arrival, whichever is later (the callers are not coming). Reason:
+without the wait, closed-loop callers split into alternating half batches, and one full batch
+runs faster than two halves. A lone caller never waits: it finished one request, expects one
+input, and that is the one that arrives. Measurements: docs/performance.md.
 
 A cancelled request (client gone, deadline passed) has its queued inputs removed; a batch
 already running for it finishes and its rows are dropped. The queue is capped: a request that
@@ -93,7 +86,6 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         # How far past the oldest input the batch builder looks for inputs of similar length.
         self._window = max(4 * max_batch_size, 64)
-        self.batches_run = 0
         self._last_forward_s = 0.0
         # Inputs the next batch may count on: queued when the last forward ended + those whose
         # requests it finished (their callers are expected back).
@@ -234,7 +226,6 @@ class Batcher:
                 log.exception("forward_failed rows=%d", len(rows))
                 vectors, error = None, exc
             elapsed = time.monotonic() - now
-            self.batches_run += 1
             self._last_forward_s = elapsed
             with self._cond:
                 self._last_forward_end = now + elapsed

@@ -1,6 +1,7 @@
 """Every failure the embedding service answers with, and its gRPC status code, in one place.
 
-Code raises one of these; the servicer turns it into a status with `abort`. Messages are for a
+Code raises one of these; the servicer turns it into a status with `abort`, its `field` and
+`reason` into the status's rich details (:mod:`intent_embed.rich_status`). Messages are for a
 person: they name the input index and say how to fix the request.
 """
 
@@ -14,9 +15,11 @@ class EmbedError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, field: str = "", reason: str = "") -> None:
         super().__init__(message)
         self.message = message
+        self.field = field  # the request field to fix (google.rpc.BadRequest)
+        self.reason = reason  # a word clients may branch on (google.rpc.ErrorInfo)
 
 
 class InvalidInput(EmbedError):

@@ -39,6 +39,14 @@ class EmbedMetrics:
             "embed_queue_seconds", "Time an input waits before its forward pass",
             buckets=_SECONDS, registry=r,
         )
+        self.usage_calls = Counter(
+            "embed_usage_calls", "RecordUsage calls made to metering", registry=r
+        )
+        self.usage_records_queued = Gauge(
+            "embed_usage_records_queued",
+            "Usage records waiting for the RecordUsage call in flight to finish",
+            registry=r,
+        )
         self.forward_seconds = Histogram(
             "embed_forward_seconds", "Duration of one forward pass", buckets=_SECONDS, registry=r
         )

@@ -6,13 +6,12 @@ directory's sentence-transformers files say), device and dtype choice, token cou
 float32 vectors.
 
 BERT encoders (all-MiniLM-L6-v2 and models fine-tuned from it) run on the unpadded path of
-`embed_service.packed`: matrix work only on real tokens, reduced precision there with the
-residual stream, LayerNorm, the last block and pooling in float32. Any other architecture runs
-transformers' padded forward, where reduced precision is applied to the Linear layers of all
-blocks but the last (`lower_linear_precision`). Either way the vectors of the 4,500 CLINC150 test
-texts stay at cosine >= 0.9999 of float32, which casting the whole model (`model.to(bfloat16)`)
-does not (81 under it on an AMD EPYC with AVX512-BF16, worst 0.99974). On a CPU, `auto` takes
-bf16 only where a short probe at load finds it faster than float32 (`cpu_bf16_pays`).
+`embed_service.unpadded`; any other architecture runs transformers' padded forward, where
+reduced precision is applied to the Linear layers of all blocks but the last
+(`lower_linear_precision`). Invariant either way: vectors stay at cosine >= 0.9999 of float32,
+which casting the whole model (`model.to(bfloat16)`) does not. On a CPU, `auto` takes bf16 only
+where a short probe at load finds it faster than float32 (`cpu_bf16_pays`): native bf16 is not
+faster on every CPU that reports it. Measurements: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from embed_service.adapter import ModelSource, merge_adapter
-from embed_service.packed import Packed, PackedBert, packed_encoder
+from embed_service.unpadded import UnpaddedBatch, UnpaddedBert, unpadded_encoder
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +72,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 @functools.cache
 def cpu_bf16_pays(min_speedup: float = 1.2) -> bool:
-    """Times a MiniLM-sized Linear (256 x 384 -> 1536) in bf16 and float32 on this CPU.
-
-    Native bf16 is not always faster: on an AMD EPYC with AVX512-BF16 the bf16 Linear layers
-    made the model 1.6x faster, while on an Intel Xeon VM that reports AVX512-BF16 too (no AMX)
-    oneDNN's bf16 matmul ran at 136 GFLOP/s against 225 in float32 and the model got slower.
-    About 50 ms, once per process.
-    """
+    """Times a MiniLM-sized Linear (256 x 384 -> 1536) in bf16 and float32 on this CPU: True when
+    bf16 is at least `min_speedup` times faster. About 50 ms, once per process."""
     x32, w32 = torch.randn(256, 384), torch.randn(1536, 384)
     best: dict[torch.dtype, float] = {}
     with torch.inference_mode():
@@ -147,12 +141,12 @@ class EmbeddingModel:
         pooling: PoolingConfig,
         device: torch.device,
         dtype: torch.dtype,
-        packed: PackedBert | None = None,
+        unpadded: UnpaddedBert | None = None,
         revision: str = "",
     ) -> None:
         self.model = model
         self.revision = revision
-        self.packed = packed
+        self.unpadded = unpadded
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.device = device
@@ -178,15 +172,19 @@ class EmbeddingModel:
         device: str = "auto",
         dtype: str = "auto",
         num_threads: int = 0,
-        packed: bool = True,
+        unpadded: bool = True,
+        packed: bool | None = None,
     ) -> EmbeddingModel:
         """Loads a local model directory, or an adapter directory merged into its base
         (`embed_service.adapter`); never touches the network.
 
-        `packed` runs BERT encoders on the unpadded path (`embed_service.packed`); False, or a
-        model that path does not cover, runs transformers' padded forward. `model` stays the
-        float32 transformers module on the unpadded path (training code uses it directly).
+        `unpadded` runs BERT encoders on the unpadded path (`embed_service.unpadded`); False,
+        or a model that path does not cover, runs transformers' padded forward. `model` stays
+        the float32 transformers module on the unpadded path (training code uses it directly).
+        `packed` is the former name of `unpadded`, still passed by `intent_model.train`.
         """
+        if packed is not None:
+            unpadded = packed
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         if num_threads > 0:
@@ -204,7 +202,7 @@ class EmbeddingModel:
             merge_adapter(model, source.adapter)
         model.eval()
         model.to(dev)
-        fast = packed_encoder(model, torch_dtype) if packed else None
+        fast = unpadded_encoder(model, torch_dtype) if unpadded else None
         if fast is None and torch_dtype != torch.float32:
             lower_linear_precision(model, torch_dtype)
         pooling = read_pooling_config(source.weights_dir, int(model.config.max_position_embeddings))
@@ -233,7 +231,7 @@ class EmbeddingModel:
         """Token ids of each text without special tokens and without truncation.
 
         Goes straight to the Rust tokenizer where there is one: the transformers call around it
-        cost ~0.3 ms per request, half of the service's per-request CPU at C = 64.
+        is a large share of the service's per-request CPU (docs/performance.md).
         """
         if not texts:
             return []
@@ -259,12 +257,12 @@ class EmbeddingModel:
         every layer) works on the batch padded to its longest input, so callers group inputs
         of similar length.
         """
-        if self.packed is None:
+        if self.unpadded is None:
             input_ids, attention_mask = self.pad(batch)
             return self.forward(input_ids, attention_mask)
         with torch.inference_mode():
-            packed = Packed.of(batch, self.prefix, self.suffix, self.device)
-            return self._finish(self.packed(packed, self.pooling.mode))
+            rows = UnpaddedBatch.of(batch, self.prefix, self.suffix, self.device)
+            return self._finish(self.unpadded(rows, self.pooling.mode))
 
     def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Adds special tokens and right-pads into (input_ids, attention_mask) int64 tensors."""
@@ -393,7 +391,7 @@ async def load_on_own_thread(load: Callable[[], EmbeddingModel]) -> EmbeddingMod
     worker threads for the life of that thread. Loading runs such regions (the bf16 weight
     casts), and an executor thread lives on idle with its pool; with more OpenMP threads than
     CPUs libgomp cuts its spin-waits short, and every parallel region of the forward thread then
-    pays futex wake-ups. Measured on 2 cores: a batch-1 forward took 19 ms instead of 10 ms.
+    pays futex wake-ups (a slower forward; docs/performance.md).
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[EmbeddingModel] = loop.create_future()

@@ -1,6 +1,7 @@
-"""Wiring of the embedding service: the EmbedService servicer, health, reflection, the server.
+"""Wiring of the embedding service: the EmbedService servicer and the server around it, on the
+shared scaffold (:mod:`intent_embed.grpc_server`: health, reflection, graceful stop).
 
-`build_server(model, usage_sink, settings)` takes its dependencies as arguments so tests run it
+`EmbedServer(model, usage_sink, settings)` takes its dependencies as arguments so tests run it
 in-process on 127.0.0.1:0 with a tiny model and a fake metering. Health stays NOT_SERVING
 until `start()` has run a warm-up batch through the batcher; `stop()` drains.
 """
@@ -11,13 +12,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from embed_service.batcher import Batcher
 from embed_service.errors import EmbedError, InvalidInput, Unavailable
@@ -25,13 +22,13 @@ from embed_service.metrics import EmbedMetrics
 from embed_service.model import EmbeddingModel
 from embed_service.settings import Settings
 from embed_service.usage import UsageRecord, UsageSink, now_utc
+from embed_service.validation import token_ids
+from intent_embed.grpc_server import GrpcServer, abort
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = embed_pb2.DESCRIPTOR.services_by_name["EmbedService"].full_name
-# Tokenizing more texts than this on the event loop would stall other calls for milliseconds.
-_TOKENIZE_INLINE_MAX = 32
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -60,16 +57,14 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
             return await self._embed(request)
         except EmbedError as err:
             code = err.code
-            await context.abort(err.code, err.message)
-            raise  # unreachable: abort raises
+            await abort(context, err.code, err.message, field=err.field, reason=err.reason)
         except asyncio.CancelledError:
             code = grpc.StatusCode.CANCELLED
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
             log.exception("embed_failed request_id=%s", request.request_id)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; retry later")
-            raise
+            await abort(context, grpc.StatusCode.INTERNAL, "internal error; retry later")
         finally:
             self.metrics.inflight.dec()
             self.metrics.requests.labels(code=code.name).inc()
@@ -94,9 +89,11 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
     async def _embed(self, request: embed_pb2.EmbedRequest) -> embed_pb2.EmbedResponse:
         if not self.accepting:
             raise Unavailable("the service is not ready or is shutting down; retry shortly")
-        ids = await self._validated_ids(request)
+        ids = await token_ids(request, self.model, self.settings)
         if self.usage_sink.requires_org and not request.org_id:
-            raise InvalidInput("org_id is required: set it to the org the usage is billed to")
+            raise InvalidInput(
+                "org_id is required: set it to the org the usage is billed to", field="org_id"
+            )
         request_id = request.request_id or str(uuid.uuid4())
         vectors = await self.batcher.embed(ids)
         if request.HasField("dimensions") and request.dimensions < vectors.shape[1]:
@@ -120,69 +117,6 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
         self.metrics.inputs.inc(len(ids))
         self.metrics.tokens.inc(total)
         return _response(vectors, tokens, total, self.settings.model_name, request.packed)
-
-    async def _validated_ids(self, request: embed_pb2.EmbedRequest) -> list[list[int]]:
-        """Token ids of every input (no special tokens), truncated if asked; or InvalidInput."""
-        texts: Sequence[str] = request.inputs
-        token_inputs = request.token_inputs
-        if texts and token_inputs:
-            raise InvalidInput("set either inputs or token_inputs, not both")
-        count = len(texts) or len(token_inputs)
-        if count == 0:
-            raise InvalidInput("no inputs: send at least one text in inputs")
-        if count > self.settings.max_inputs:
-            raise InvalidInput(
-                f"{count} inputs; at most {self.settings.max_inputs} per request: "
-                "split them over several requests"
-            )
-        if request.HasField("dimensions") and not (
-            1 <= request.dimensions <= self.model.dimensions
-        ):
-            raise InvalidInput(
-                f"dimensions is {request.dimensions}; it must be between 1 and "
-                f"{self.model.dimensions} for this model"
-            )
-        ids: list[list[int]]
-        if texts:
-            for i, text in enumerate(texts):
-                if not text.strip():
-                    raise InvalidInput(f"input {i} is empty; send text with at least one word")
-            if len(texts) > _TOKENIZE_INLINE_MAX:
-                ids = await asyncio.to_thread(self.model.tokenize, texts)
-            else:
-                ids = self.model.tokenize(texts)
-        else:
-            vocab = self.model.vocab_size
-            ids = []
-            for i, token_input in enumerate(token_inputs):
-                row = list(token_input.ids)
-                if not row:
-                    raise InvalidInput(f"input {i} has no token ids; send at least one")
-                top = max(row)
-                if top >= vocab:
-                    raise InvalidInput(
-                        f"input {i} has token id {top}, outside this model's vocabulary "
-                        f"(ids 0..{vocab - 1})"
-                    )
-                ids.append(row)
-        limit = self.model.max_input_tokens
-        for i, row in enumerate(ids):
-            if len(row) > limit:
-                if not request.truncate:
-                    raise InvalidInput(
-                        f"input {i} has {len(row)} tokens; this model accepts at most {limit}; "
-                        "set truncate to cut it"
-                    )
-                ids[i] = row[:limit]
-            elif not row:
-                raise InvalidInput(f"input {i} has no tokens; send text with at least one word")
-        total = sum(len(row) for row in ids)
-        if total > self.settings.max_request_tokens:
-            raise InvalidInput(
-                f"the request has {total} tokens; at most {self.settings.max_request_tokens} "
-                "per request: split the inputs over several requests"
-            )
-        return ids
 
 
 def _response(
@@ -227,7 +161,6 @@ class EmbedServer:
             metrics=self.metrics,
         )
         self.servicer = EmbedServicer(model, self.batcher, usage_sink, settings, self.metrics)
-        self.health = health_aio.HealthServicer()
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
@@ -237,51 +170,30 @@ class EmbedServer:
                 ("grpc.max_connection_age_ms", settings.max_connection_age_ms),
                 ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_s * 1000)),
             ]
-        self.server = grpc.aio.server(options=options)
-        embed_pb2_grpc.add_EmbedServiceServicer_to_server(self.servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
-            self.server,
+        self.grpc_server = GrpcServer(
+            SERVICE_NAME,
+            lambda server: embed_pb2_grpc.add_EmbedServiceServicer_to_server(self.servicer, server),
+            f"{settings.host}:{settings.port}",
+            options,
         )
-        self.port = self.server.add_insecure_port(f"{settings.host}:{settings.port}")
-        if self.port == 0:
-            raise RuntimeError(f"cannot bind {settings.host}:{settings.port}")
-
-    async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, status)
+        self.port = self.grpc_server.port
 
     async def start(self) -> None:
         """Listens at once (NOT_SERVING), warms the model up, then turns SERVING."""
-        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.start()
+        await self.grpc_server.start(serving=False)
         self.batcher.start()
         started = time.monotonic()
         await self.batcher.embed(self.servicer.model.tokenize(["warm up the model"]) * 2)
         self.servicer.accepting = True
-        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info(
-            "serving port=%d warmup_s=%.2f", self.port, time.monotonic() - started
-        )
+        await self.grpc_server.set_serving()
+        log.info("serving port=%d warmup_s=%.2f", self.port, time.monotonic() - started)
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         started = time.monotonic()
         self.servicer.accepting = False
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await self.grpc_server.stop(grace)
         await self.batcher.close()
         await self.usage_sink.close()
         log.info("stopped seconds=%.2f", time.monotonic() - started)
-
-
-def build_server(
-    model: EmbeddingModel,
-    usage_sink: UsageSink,
-    settings: Settings,
-    metrics: EmbedMetrics | None = None,
-) -> EmbedServer:
-    return EmbedServer(model, usage_sink, settings, metrics)

@@ -8,7 +8,6 @@ unreachable or slow metering -> UNAVAILABLE, an event metering refuses -> FAILED
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,7 +16,10 @@ from typing import Protocol
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from embed_service.errors import Unavailable, UsageRejected
+from embed_service.errors import EmbedError, Unavailable, UsageRejected
+from embed_service.metrics import EmbedMetrics
+from intent_embed.coalesce import Coalescer
+from intent_embed.rich_status import details_of
 from intent_embed.usage_events import first_problem
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 
@@ -64,27 +66,33 @@ class MeteringUsageSink:
     """Records usage through RecordUsage, idempotent by request id, coalescing concurrent calls.
 
     A record is sent at once when no RecordUsage call is in flight (a lone request waits for
-    nothing extra); records that arrive while one is in flight ride together in the next call.
-    Under load this turns one metering round trip per request into one per flush, which is
-    what keeps metering's CPU a small share of an embedding request's. Every caller still
-    returns only after metering acknowledged its own event. A call that metering refuses as a
-    whole (one malformed event or unknown org) is resent event by event, so only the requests
-    whose events are refused fail.
+    nothing extra); records that arrive while one is in flight ride together in the next call
+    (:mod:`intent_embed.coalesce`), which keeps metering's CPU a small share of an embedding
+    request's under load. Every caller still returns only after metering acknowledged its own
+    event. A call that metering refuses as a whole (one malformed event or unknown org) is
+    resent event by event, so only the requests whose events are refused fail.
     """
 
     requires_org = True
 
-    def __init__(self, address: str, timeout_s: float, max_events_per_call: int = 500) -> None:
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float,
+        max_events_per_call: int = 500,
+        metrics: EmbedMetrics | None = None,
+    ) -> None:
         self.address = address
         self.timeout_s = timeout_s
-        self.max_events_per_call = max_events_per_call
+        self.metrics = metrics or EmbedMetrics()
         self._channel = grpc.aio.insecure_channel(
             address, options=[("grpc.enable_retries", 1), ("grpc.keepalive_time_ms", 60_000)]
         )
         self._stub = metering_pb2_grpc.MeteringServiceStub(self._channel)
-        self._pending: list[_Pending] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self.calls = 0  # RecordUsage calls made (tests and logs read it)
+        self._coalescer: Coalescer[_Pending, None] = Coalescer(
+            self._send, limit=max_events_per_call, name="usage-records"
+        )
+        self.metrics.usage_records_queued.set_function(lambda: self._coalescer.queued)
 
     async def record(self, usage: UsageRecord) -> None:
         at = Timestamp()
@@ -102,23 +110,12 @@ class MeteringUsageSink:
         # and never rides in (and spoils) a call with other requests' records.
         problem = first_problem([event])
         if problem is not None:
-            raise UsageRejected(f"usage was refused: {problem.message}")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(event, usage, done))
-        if self._flusher is None or self._flusher.done():
-            # The flusher is not the caller's task: a caller that goes away (cancelled call)
-            # does not take the other callers' records down with it.
-            self._flusher = asyncio.create_task(self._flush())
-        await done
+            raise UsageRejected(f"usage was refused: {problem.message}", field=problem.field)
+        await self._coalescer.submit(_Pending(event, usage))
 
-    async def _flush(self) -> None:
-        while self._pending:
-            batch = self._pending[: self.max_events_per_call]
-            del self._pending[: len(batch)]
-            await self._send(batch)
-
-    async def _send(self, batch: list[_Pending]) -> None:
-        self.calls += 1
+    async def _send(self, batch: list[_Pending]) -> list[EmbedError | None]:
+        """One RecordUsage call for `batch`; what each record's caller gets."""
+        self.metrics.usage_calls.inc()
         try:
             await self._stub.RecordUsage(
                 metering_pb2.RecordUsageRequest(events=[p.event for p in batch]),
@@ -128,34 +125,30 @@ class MeteringUsageSink:
             code = err.code()
             refused = code in _REFUSED
             if refused and len(batch) > 1:
-                for pending in batch:  # find the refused events; the others are recorded
-                    await self._send([pending])
-                return
+                # Find the refused events; the others are recorded.
+                return [(await self._send([pending]))[0] for pending in batch]
             for pending in batch:
                 log.warning(
                     "usage_record_failed request_id=%s org=%s code=%s detail=%s",
                     pending.usage.request_id, pending.usage.org_id, code.name, err.details(),
                 )  # fmt: skip
-                pending.fail(
-                    UsageRejected(f"usage was refused by metering: {err.details()}")
-                    if refused
-                    else Unavailable(
-                        "usage metering is unreachable, so the request was not answered; "
-                        "retry later"
-                    )
+            error: EmbedError = (
+                UsageRejected(
+                    f"usage was refused by metering: {err.details()}",
+                    reason=details_of(err).reason,
                 )
-            return
+                if refused
+                else Unavailable(
+                    "usage metering is unreachable, so the request was not answered; retry later"
+                )
+            )
+            return [error] * len(batch)
         except Exception as exc:  # never leave a caller waiting forever
-            for pending in batch:
-                pending.fail(Unavailable(f"usage metering failed: {exc}"))
-            return
-        for pending in batch:
-            if not pending.done.done():
-                pending.done.set_result(None)
+            return [Unavailable(f"usage metering failed: {exc}")] * len(batch)
+        return [None] * len(batch)
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            await asyncio.wait([self._flusher], timeout=self.timeout_s)
+        await self._coalescer.close(within_s=self.timeout_s)
         await self._channel.close()
 
 
@@ -163,11 +156,6 @@ class MeteringUsageSink:
 class _Pending:
     event: metering_pb2.UsageEvent
     usage: UsageRecord
-    done: asyncio.Future[None]
-
-    def fail(self, error: Exception) -> None:
-        if not self.done.done():
-            self.done.set_exception(error)
 
 
 def now_utc() -> datetime:

@@ -1,14 +1,13 @@
 """Start-up of the gateway: `python -m gateway` serves the app with uvicorn (uvloop, httptools).
 
 Every setting is a `GATEWAY_*` environment variable and may be overridden by the flag of the
-same name; uvicorn drains in-flight requests on SIGTERM, then the lifespan closes the channels.
+same name (`--help` lists them); uvicorn drains in-flight requests on SIGTERM, then the lifespan
+closes the channels.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -20,37 +19,20 @@ import uvicorn
 
 from gateway.app import create_app
 from gateway.settings import Settings
+from intent_embed.logs import configure_logging
+from intent_embed.settings_cli import parse_settings
 
 _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_settings(
+        Settings,
+        argv,
         prog="python -m gateway",
         description="OpenAI-compatible REST gateway of intent-embed. Flags override env vars.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    for name, field in Settings.model_fields.items():
-        env = f"GATEWAY_{name.upper()}"
-        parser.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            default=None,
-            metavar=env,
-            help=f"{field.description} (env {env}, default {field.default!r})",
-        )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
-    settings = Settings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(settings.log_level)
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -61,13 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         # Client addresses are never used (not logged, not limited on), so skip parsing
         # X-Forwarded-For on every request.
         "proxy_headers": False,
+        # uvicorn's own loggers go through the root handler: one log format.
+        "log_config": None,
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": settings.graceful_shutdown_s,
         "timeout_keep_alive": settings.keep_alive_s,
     }
     if settings.workers > 1:
-        # Worker processes build their own app from the environment, so pass flags on there.
-        for name, value in overrides.items():
+        # Worker processes build their own app from the environment, so pass settings there.
+        for name, value in settings.model_dump().items():
             os.environ[f"GATEWAY_{name.upper()}"] = str(value)
         uvicorn.run(
             "gateway.app:create_app_from_env", factory=True, workers=settings.workers, **common

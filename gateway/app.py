@@ -189,7 +189,7 @@ class EmbeddingsHandler:
     async def embed(
         self, req: EmbeddingRequest, org_id: str, request_id: str
     ) -> embed_pb2.EmbedResponse:
-        """Call Embed; retry once on UNAVAILABLE with the same request id (the usage key)."""
+        """Call Embed; the channel's retryPolicy retries UNAVAILABLE once, same request id."""
         assert self.upstreams is not None
         message = embed_pb2.EmbedRequest(
             truncate=req.truncate,
@@ -204,25 +204,14 @@ class EmbeddingsHandler:
             message.token_inputs.extend(embed_pb2.TokenIds(ids=ids) for ids in req.token_ids or [])
         if req.dimensions is not None:
             message.dimensions = req.dimensions
-        deadline = time.monotonic() + self.settings.embed_timeout_s
-        for attempt in (1, 2):
-            try:
-                reply: embed_pb2.EmbedResponse = await self.upstreams.embed.Embed(
-                    message, timeout=max(deadline - time.monotonic(), 0.001)
-                )
-                return reply
-            except grpc.aio.AioRpcError as err:
-                code = err.code()
-                self.metrics.upstream_errors.labels("embed", code.name).inc()
-                if (
-                    code == grpc.StatusCode.UNAVAILABLE
-                    and attempt == 1
-                    and deadline - time.monotonic() > 0.01
-                ):
-                    log.info("embed_retry request_id=%s code=%s", request_id, code.name)
-                    continue
-                raise from_upstream(err, "embedding", self.settings.retry_after_s) from None
-        raise AssertionError("unreachable")
+        try:
+            reply: embed_pb2.EmbedResponse = await self.upstreams.embed.Embed(
+                message, timeout=self.settings.embed_timeout_s
+            )
+        except grpc.aio.AioRpcError as err:
+            self.metrics.upstream_errors.labels("embed", err.code().name).inc()
+            raise from_upstream(err, "embedding", self.settings.retry_after_s) from None
+        return reply
 
 
 class HotPathMiddleware:
@@ -268,9 +257,12 @@ def _too_large(limit: int) -> ApiError:
 
 
 def create_app(
-    settings: Settings, clients: Callable[[Settings], Upstreams] = open_upstreams
+    settings: Settings,
+    clients: Callable[[Settings], Upstreams] = open_upstreams,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """The gateway app; `clients` opens the upstream channels when the app starts."""
+    """The gateway app; `clients` opens the upstream channels when the app starts, `clock`
+    (monotonic seconds) times the auth cache."""
     metrics = GatewayMetrics()
     handler = EmbeddingsHandler(settings, metrics)
 
@@ -286,6 +278,7 @@ def create_app(
             max_keys=settings.auth_cache_max_keys,
             retry_after_s=settings.retry_after_s,
             on_upstream_error=lambda code: metrics.upstream_errors.labels("metering", code).inc(),
+            clock=clock,
         )
         app.state.upstreams = upstreams
         app.state.auth = handler.auth

@@ -51,6 +51,7 @@ class Authenticator:
         max_keys: int,
         retry_after_s: int,
         on_upstream_error: Callable[[str], None] = lambda code: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._stub = stub
         self._ttl_s = ttl_s
@@ -61,13 +62,13 @@ class Authenticator:
         self._on_upstream_error = on_upstream_error
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[Caller | ApiError]] = {}
-        self.lookups = 0  # Authenticate calls made; tests and metrics read it
+        self._clock = clock  # seconds, monotonic: when cached answers expire
 
     async def caller(self, authorization: str | None) -> Caller:
         """The caller for an `Authorization` header value, or raise 401/402/503."""
         key = _bearer_key(authorization)
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
-        now = time.monotonic()
+        now = self._clock()
         entry = self._cache.get(digest)
         if entry is not None and entry[0] > now:
             result = entry[1]
@@ -106,7 +107,7 @@ class Authenticator:
         future.set_result(result)
         ttl = self._ttl_s if isinstance(result, Caller) else self._negative_ttl_s
         if ttl > 0:
-            self._cache[digest] = (time.monotonic() + ttl, result)
+            self._cache[digest] = (self._clock() + ttl, result)
             self._cache.move_to_end(digest)
             while len(self._cache) > self._max_keys:
                 self._cache.popitem(last=False)
@@ -114,7 +115,6 @@ class Authenticator:
 
     async def _lookup(self, key: str) -> Caller | ApiError:
         """Ask metering. Returns a cacheable 401 as a value; raises what must not be cached."""
-        self.lookups += 1
         try:
             reply = await self._stub.Authenticate(
                 metering_pb2.AuthenticateRequest(api_key=key), timeout=self._timeout_s

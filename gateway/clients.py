@@ -23,11 +23,29 @@ METERING_SERVICE = "intent_embed.v1.MeteringService"
 
 # round_robin spreads calls over every address the dns:/// target resolves to (the pods of a
 # headless Service); the default pick_first would pin all traffic of this replica to one pod.
-_SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+# An Embed call that finds its pod UNAVAILABLE (draining, just gone) is tried once more, by
+# gRPC itself, with the same message: the request id, the usage idempotency key, stays the same.
+_SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "intent_embed.v1.EmbedService", "method": "Embed"}],
+                "retryPolicy": {
+                    "maxAttempts": 2,
+                    "initialBackoff": "0.01s",
+                    "maxBackoff": "0.05s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
 
 _CHANNEL_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.service_config", _SERVICE_CONFIG),
-    ("grpc.enable_retries", 0),  # the one retry on UNAVAILABLE is ours, with the same request id
+    ("grpc.enable_retries", 1),  # the service config's retryPolicy
     # Keepalive finds dead connections (a pod gone without FIN) before a request waits on one.
     # Pings go out only while calls are in flight (permit_without_calls=0), which servers on
     # default settings accept without answering too_many_pings.

@@ -6,15 +6,16 @@ Every error the gateway answers has OpenAI's body `{"error": {"message", "type",
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 import grpc
 import orjson
 
-# The embed service's messages start with what is wrong ("dimensions is 999; ...", "input 3
-# has 400 tokens; ... set truncate to cut it"); OpenAI's `param` names the request field to fix.
-_PARAM_HINTS = (("dimensions", "dimensions"), ("input", "input"), ("token", "input"))
+from intent_embed.rich_status import BILLING_NOT_ACTIVE, details_of
+
+# The embed request's fields (as its rich status names them) and the REST parameter a client
+# fixes for each; OpenAI's `param`.
+_PARAMS = {"inputs": "input", "token_inputs": "input", "dimensions": "dimensions"}
 
 
 class ApiError(Exception):
@@ -51,23 +52,18 @@ def error_body(message: str, type_: str, param: str | None, code: str | None) ->
     )
 
 
-def _param_from(message: str) -> str | None:
-    lowered = message.lower()
-    for needle, param in _PARAM_HINTS:
-        if needle in lowered:
-            return param
-    return None
-
-
-_BILLING_WORDS = re.compile(r"billing|payment|past.?due|unpaid|card", re.IGNORECASE)
+def _param_of(field: str) -> str | None:
+    """`inputs[3]` -> `input`: the REST parameter of an embed request field."""
+    return _PARAMS.get(field.split("[", 1)[0].split(".", 1)[0])
 
 
 def from_upstream(err: grpc.aio.AioRpcError, upstream: str, retry_after_s: int) -> ApiError:
     """Map an upstream gRPC failure to the HTTP answer a client can act on."""
     code = err.code()
     detail = err.details() or code.name
+    rich = details_of(err)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return ApiError(400, detail, param=_param_from(detail), code="invalid_input")
+        return ApiError(400, detail, param=_param_of(rich.field), code="invalid_input")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ApiError(
             429,
@@ -91,7 +87,7 @@ def from_upstream(err: grpc.aio.AioRpcError, upstream: str, retry_after_s: int) 
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         # Metering refused the usage: a billing problem is fixed by paying (402); anything
         # else (e.g. the org no longer exists) is a request that cannot succeed as sent (400).
-        if _BILLING_WORDS.search(detail):
+        if rich.reason == BILLING_NOT_ACTIVE:
             return ApiError(402, detail, type_="insufficient_quota", code="billing_not_active")
         return ApiError(400, detail, code="usage_rejected")
     if code == grpc.StatusCode.NOT_FOUND:

@@ -3,9 +3,8 @@
 `GrpcServer` registers the standard health service (``""`` and the service's own name) and
 reflection next to the service, binds the port (0 picks a free one) and reports NOT_SERVING
 until the owner says it is ready; `stop` turns health NOT_SERVING before in-flight calls get
-their grace. `abort` ends a call with a status whose rich details (``google.rpc.BadRequest``
-naming the field to fix, ``google.rpc.ErrorInfo`` with a machine-readable reason) let clients
-act on the error without reading its message; `until_signalled` waits for SIGTERM or SIGINT.
+their grace. `abort` ends a call with a status and its rich details (the field to fix, a reason
+clients branch on); `until_signalled` waits for SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -16,16 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from grpc_status import rpc_status
+
+from intent_embed.rich_status import status_with_details
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-# ErrorInfo.domain of every reason this project sends.
-ERROR_DOMAIN = "intent-embed"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -59,8 +55,9 @@ class GrpcServer:
         if serving:
             await self.set_serving()
 
-    async def set_serving(self) -> None:
-        await self._set_health(_SERVING)
+    async def set_serving(self, serving: bool = True) -> None:
+        """Health SERVING (or NOT_SERVING) for both names."""
+        await self._set_health(_SERVING if serving else _NOT_SERVING)
 
     async def stop(self, grace: float) -> None:
         """Health NOT_SERVING for good, then in-flight calls get `grace` seconds to finish."""
@@ -81,29 +78,13 @@ async def abort(
     reason: str = "",
     count: Callable[[grpc.StatusCode], None] | None = None,
 ) -> NoReturn:
-    """Ends the call with `code` and `message`; `field` names the request field to fix
-    (BadRequest), `reason` says why in a word clients may branch on (ErrorInfo); `count` is
-    called with the code first (the service's metric of answers by code)."""
+    """Ends the call with `code` and `message`; `field` names the request field to fix and
+    `reason` says why in a word clients may branch on (:mod:`intent_embed.rich_status`);
+    `count` is called with the code first (the service's metric of answers by code)."""
     if count is not None:
         count(code)
-    details = []
-    if field:
-        violation = error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
-        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
-    if reason:
-        details.append(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))
-    packed = []
-    for detail in details:
-        any_detail = any_pb2.Any()
-        any_detail.Pack(detail)
-        packed.append(any_detail)
-    status = status_pb2.Status(code=_RPC_CODES[code], message=message, details=packed)
-    await context.abort_with_status(rpc_status.to_status(status))
+    await context.abort_with_status(status_with_details(code, message, field=field, reason=reason))
     raise AssertionError("abort_with_status always raises")
-
-
-# grpc.StatusCode carries (number, name); google.rpc.Status wants the number.
-_RPC_CODES = {code: code.value[0] for code in grpc.StatusCode}
 
 
 async def until_signalled(

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from embed_service.packed import Packed
+from embed_service.unpadded import UnpaddedBatch as Packed
 
 
 def attention(

@@ -6,6 +6,8 @@ CLI prints them.
 
 from __future__ import annotations
 
+from intent_embed.rich_status import UNKNOWN_ORG
+
 
 class LedgerError(Exception):
     """Base of the errors the ledger reports to callers (message says what to fix)."""
@@ -25,7 +27,7 @@ class InvalidUsage(LedgerError):
 class UnknownOrg(LedgerError):
     """Usage for an org or project the ledger does not know (gRPC FAILED_PRECONDITION)."""
 
-    reason = "UNKNOWN_ORG"
+    reason = UNKNOWN_ORG
 
 
 class NotFound(LedgerError):

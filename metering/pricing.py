@@ -14,8 +14,3 @@ _DENOMINATOR = 1_000_000 * 100
 def owed_dollars(total_tokens: int) -> int:
     """Whole dollars owed for `total_tokens` cumulative tokens (floor of the exact cost)."""
     return total_tokens * CENTS_PER_MILLION_TOKENS // _DENOMINATOR
-
-
-def owed_cents_exact(total_tokens: int) -> float:
-    """The exact cost in cents, for display only (never billed from)."""
-    return total_tokens * CENTS_PER_MILLION_TOKENS / 1_000_000

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,8 @@ import pytest
 import requests
 
 from devstack.stack import Ports, Stack
+from tests.support.metrics import scraped_value
+from tests.support.waiting import until
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,16 @@ class Load:
                         self.failed_tokens_upper_bound += 20
                 n += 1
 
+    def answered(self) -> int:
+        """Requests answered 200 so far."""
+        with self.lock:
+            return self.statuses.get(200, 0)
+
+    def calls(self) -> int:
+        """Requests answered so far, whatever the status."""
+        with self.lock:
+            return sum(self.statuses.values())
+
     def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
@@ -82,17 +93,27 @@ class Load:
 
 
 def wait_for_ledger(stack: Stack, org: str, at_least: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
     total = 0
-    while time.monotonic() < deadline:
+
+    def reached() -> bool:
+        nonlocal total
         try:
             total = stack.ledger_tokens(org)
         except grpc.RpcError:
             total = 0
-        if total >= at_least:
-            return total
-        time.sleep(0.3)
+        return total >= at_least
+
+    try:
+        until(reached, timeout, "ledger total")
+    except AssertionError:
+        pass
     return total
+
+
+def spool_drained(stack: Stack) -> None:
+    """Waits until the sidecar has forwarded everything: no late delivery can follow."""
+    url = f"http://{stack.host}:{stack.ports.sidecar_metrics}/metrics"
+    until(lambda: scraped_value(url, "metering_sidecar_spool_depth") == 0, 60, "empty spool")
 
 
 def test_central_metering_outage_loses_and_doubles_nothing(pod_stack: tuple[Stack, dict]) -> None:
@@ -100,19 +121,21 @@ def test_central_metering_outage_loses_and_doubles_nothing(pod_stack: tuple[Stac
     org = str(demo["org_id"])
     before = stack.ledger_tokens(org)
     with Load(stack, str(demo["api_key"])) as load:
-        time.sleep(2)
+        until(lambda: load.answered() >= 20, what="answers before the outage")
         stack.services["metering"].signal(signal.SIGKILL)
         stack.services["metering"].process.wait(10)  # type: ignore[union-attr]
-        at_kill = load.answered_tokens
-        time.sleep(4)  # embedding keeps being served from the sidecar's spool meanwhile
-        answered_during_outage = load.answered_tokens - at_kill
+        at_kill = load.answered()
+        # Embedding keeps being served from the sidecar's spool meanwhile.
+        until(lambda: load.answered() >= at_kill + 40, what="answers during the outage")
+        answered_during_outage = load.answered() - at_kill
         stack.restart("metering")
-        time.sleep(2)
+        at_restart = load.answered()
+        until(lambda: load.answered() >= at_restart + 20, what="answers after the outage")
     assert load.statuses.get(200, 0) > 0 and set(load.statuses) == {200}, load.statuses
     assert answered_during_outage > 0
     expected = before + load.answered_tokens
     assert wait_for_ledger(stack, org, expected) == expected
-    time.sleep(1.5)  # a late duplicate would show up now
+    spool_drained(stack)  # a late duplicate would have arrived by now
     assert stack.ledger_tokens(org) == expected
 
 
@@ -123,17 +146,19 @@ def test_sidecar_killed_and_restarted_loses_and_doubles_nothing(
     org = str(demo["org_id"])
     before = stack.ledger_tokens(org)
     with Load(stack, str(demo["api_key"])) as load:
-        time.sleep(2)
+        until(lambda: load.answered() >= 20, what="answers before the kill")
         stack.services["sidecar"].signal(signal.SIGKILL)
         stack.services["sidecar"].process.wait(10)  # type: ignore[union-attr]
-        time.sleep(1)
+        at_kill = load.calls()
+        until(lambda: load.calls() >= at_kill + 6, what="calls while the sidecar is down")
         stack.restart("sidecar")
-        time.sleep(2)
+        at_restart = load.answered()
+        until(lambda: load.answered() >= at_restart + 20, what="answers after the restart")
     # While the sidecar is down the embed service refuses work rather than serve it unbilled.
     assert set(load.statuses) <= {200, 503}, load.statuses
     answered = before + load.answered_tokens
     wait_for_ledger(stack, org, answered)
-    time.sleep(1.5)
+    spool_drained(stack)
     total = stack.ledger_tokens(org)
     # Every answered token is there once; unanswered calls cut off by the kill may have been
     # spooled before it (billed work the client then retried or saw fail), nothing beyond.

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import json
-import shutil
-import subprocess
 import time
 import uuid
 
@@ -22,6 +19,7 @@ from openai import OpenAI
 
 from devstack.stack import Stack
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc
+from tests.support.examples import curl_example
 
 QUERIES = [
     "my card was charged twice",
@@ -106,19 +104,10 @@ def test_documentation_examples_work_as_written(stack: Stack, demo: dict[str, ob
     host = stack.gateway_url.removeprefix("http://")
     key = str(demo["api_key"])
 
-    curl = shutil.which("curl")
-    if curl is not None:
-        out = subprocess.run(
-            [
-                curl, "-s", "-X", "POST", f"http://{host}/v2/embeddings",
-                "-H", "accept: application/json", "-H", f"Authorization: Bearer {key}",
-                "-H", "Content-Type: application/json",
-                "-d", '{"input": "Your text to embed here", "model": "intent-embed"}',
-            ],
-            capture_output=True, text=True, timeout=60, check=True,
-        )  # fmt: skip
-        body = json.loads(out.stdout)
-        assert body["object"] == "list" and len(body["data"][0]["embedding"]) == 384
+    # The documentation's curl example: the same request (method, headers, body) from Python.
+    reply = curl_example(host, key, timeout=60)
+    body = reply.json()
+    assert body["object"] == "list" and len(body["data"][0]["embedding"]) == 384
 
     # The documentation's Python example, as published but for host and key.
     url = f"http://{host}/v2/predict"

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from embed_service.batcher import Batcher
-
-from .conftest import eventually
+from tests.support.waiting import eventually
 
 
 class RecordingModel:

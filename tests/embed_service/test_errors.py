@@ -8,8 +8,7 @@ import pytest
 
 from embed_service.model import EmbeddingModel
 from intent_embed.v1 import embed_pb2
-
-from .conftest import ServeFactory
+from tests.embed_service.harness import ServeFactory
 
 
 def _request(**fields: object) -> embed_pb2.EmbedRequest:

@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from embed_service.model import EmbeddingModel, cpu_has_native_bf16, resolve_dtype
-
-from .conftest import clinc_test_texts
+from tests.support.clinc150 import clinc_test_texts
 
 
 def test_encode_equals_sentence_transformers(minilm_fp32: EmbeddingModel, minilm_dir: Path) -> None:
@@ -81,7 +80,7 @@ def test_cls_pooling_without_normalize_is_read_from_the_directory(
     (target / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 20}))
     model = EmbeddingModel.from_directory(target, device="cpu", dtype="float32")
     assert (model.pooling.mode, model.pooling.normalize) == ("cls", False)
-    assert model.packed is not None  # the unpadded path pools the first token too
+    assert model.unpadded is not None  # the unpadded path pools the first token too
     assert model.max_input_tokens == 18
     texts = ["hello world", "another one"]
     ids, mask = model.pad(model.tokenize(texts))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,12 +13,11 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack import probes
 from embed_service.settings import Settings
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc
-
-from .conftest import REPO_ROOT
+from tests.support.clinc150 import REPO_ROOT
 
 
 def test_help_lists_every_setting_with_env_var() -> None:
@@ -31,28 +29,6 @@ def test_help_lists_every_setting_with_env_var() -> None:
         assert f"EMBED_{name.upper()}" in out
 
 
-def _another_free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_serving(address: str, process: subprocess.Popen[bytes], within_s: float) -> None:
-    deadline = time.monotonic() + within_s
-    with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "the service exited during start-up"
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise AssertionError("the service did not turn SERVING")
-
-
 def _inflight(metrics_url: str) -> float:
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     match = re.search(r"^embed_inflight_requests (\S+)$", text, re.M)
@@ -62,7 +38,7 @@ def _inflight(metrics_url: str) -> float:
 def test_sigterm_drains_in_flight_calls_and_exits_zero(
     tiny_model_dir: Path, free_port: int, tmp_path: Path
 ) -> None:
-    metrics_port = _another_free_port()
+    metrics_port = probes.free_port()
     env = dict(os.environ)
     env.update(
         EMBED_HOST="127.0.0.1", EMBED_PORT=str(free_port), EMBED_METRICS_PORT=str(metrics_port),
@@ -79,7 +55,7 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(
         )
     address = f"127.0.0.1:{free_port}"
     try:
-        _wait_serving(address, process, within_s=120)
+        probes.wait_serving(address, process, within_s=120)
         texts = [f"message number {i} about my card" for i in range(1000)]
         with grpc.insecure_channel(
             address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]

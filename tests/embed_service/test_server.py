@@ -12,12 +12,16 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from embed_service.metrics import EmbedMetrics
 from embed_service.model import EmbeddingModel
 from embed_service.server import SERVICE_NAME
 from embed_service.usage import MeteringUsageSink
 from intent_embed.v1 import embed_pb2
-
-from .conftest import FakeMetering, Gate, ServeFactory, clinc_test_texts, eventually
+from tests.embed_service.harness import Gate, ServeFactory
+from tests.support.clinc150 import clinc_test_texts
+from tests.support.fake_metering import FakeMetering
+from tests.support.metrics import registry_value
+from tests.support.waiting import eventually
 
 TEXTS = ["how do i reset my pin", "my card was charged twice", "what is my balance"]
 
@@ -88,7 +92,8 @@ async def test_large_request_split_across_batches_keeps_order(
     texts = [" ".join(["word"] * rng.randint(1, 40)) + f" {i}" for i in range(300)]
     async with serve(tiny_model, max_batch_size=16, max_batch_tokens=256) as running:
         reply = await running.stub.Embed(embed_pb2.EmbedRequest(inputs=texts), timeout=30)
-        assert running.server.batcher.batches_run >= 300 // 16
+        batches = registry_value(running.server.metrics.registry, "embed_batch_size_count")
+        assert batches >= 300 // 16
     np.testing.assert_allclose(_vectors(reply), tiny_model.encode(texts), atol=1e-5)
 
 
@@ -180,7 +185,7 @@ async def test_usage_recorded_before_answer(
         reply = await call
         # An empty request id gets a generated one.
         await running.stub.Embed(embed_pb2.EmbedRequest(inputs=["hi"], org_id="org_1"))
-    first, second = metering.events
+    first, second = metering.events.values()
     assert (first.event_id, first.org_id, first.project_id, first.model) == (
         "req-42",
         "org_1",
@@ -197,7 +202,12 @@ async def test_concurrent_usage_rides_in_one_call_and_a_refused_event_fails_only
 ) -> None:
     metering, address = fake_metering
     metering.hold = asyncio.Event()
-    sink = MeteringUsageSink(address, timeout_s=10)
+    metrics = EmbedMetrics()
+    sink = MeteringUsageSink(address, timeout_s=10, metrics=metrics)
+
+    def calls() -> float:  # RecordUsage calls the sink made
+        return registry_value(metrics.registry, "embed_usage_calls_total")
+
     async with serve(tiny_model, sink=sink) as running:
 
         def call(org: str, n: int) -> asyncio.Future[embed_pb2.EmbedResponse]:
@@ -208,20 +218,23 @@ async def test_concurrent_usage_rides_in_one_call_and_a_refused_event_fails_only
         await asyncio.wait_for(metering.received.wait(), 10)  # call 1 is held in metering
         orgs = ["org_1"] * 9 + ["org_unknown"]
         rest = [call(org, n) for n, org in enumerate(orgs, start=1)]
-        await eventually(lambda: len(sink._pending) == len(rest))
-        assert sink.calls == 1, "records were not held back while a call was in flight"
+        await eventually(
+            lambda: registry_value(metrics.registry, "embed_usage_records_queued") == len(rest)
+        )
+        assert calls() == 1, "records were not held back while a call was in flight"
         metering.hold.set()
         replies = await asyncio.gather(first, *rest, return_exceptions=True)
     failed = [r for r in replies if isinstance(r, grpc.aio.AioRpcError)]
     assert [r.code() for r in failed] == [grpc.StatusCode.FAILED_PRECONDITION]
     assert replies[-1] is failed[0], "the refused event must fail its own request only"
-    assert sorted(e.event_id for e in metering.events) == sorted(f"r{n}" for n in range(10))
+    assert sorted(metering.events) == sorted(f"r{n}" for n in range(10))
     # One call for the first record, one for the ten that waited (refused as a whole for the
     # unknown org), then one per event to separate the refused one from the others.
-    assert sink.calls == 2 + len(rest)
+    assert calls() == 2 + len(rest)
 
     metering.events.clear()
-    sink = MeteringUsageSink(address, timeout_s=10)  # stopping a server closes its sink
+    metrics = EmbedMetrics()  # stopping a server closes its sink: a new one, counted anew
+    sink = MeteringUsageSink(address, timeout_s=10, metrics=metrics)
     async with serve(tiny_model, sink=sink) as running:
         stub = running.stub
         await asyncio.gather(
@@ -231,7 +244,7 @@ async def test_concurrent_usage_rides_in_one_call_and_a_refused_event_fails_only
             )
         )
     assert len(metering.events) == 32
-    assert sink.calls < 32, "concurrent records were not coalesced"
+    assert calls() < 32, "concurrent records were not coalesced"
 
 
 async def test_metering_failures_map_to_status_codes(
@@ -251,7 +264,7 @@ async def test_metering_failures_map_to_status_codes(
     assert no_org.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "org_id" in (no_org.value.details() or "")
     assert unknown_org.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert metering.events == []
+    assert metering.events == {}
     down = MeteringUsageSink(f"127.0.0.1:{free_port}", timeout_s=2)
     async with serve(tiny_model, sink=down) as running:
         with pytest.raises(grpc.aio.AioRpcError) as unreachable:
@@ -288,7 +301,7 @@ async def test_vectors_match_sentence_transformers_under_concurrency(
                 for a, b in chunks
             )
         )
-        assert running.server.batcher.batches_run > 3
+        assert registry_value(running.server.metrics.registry, "embed_batch_size_count") > 3
     got = np.concatenate([_vectors(r) for r in replies])
     cosines = (got * reference).sum(axis=1) / (
         np.linalg.norm(got, axis=1) * np.linalg.norm(reference, axis=1)

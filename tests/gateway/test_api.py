@@ -4,16 +4,13 @@ documentation examples as published, models, health, readiness and metrics."""
 from __future__ import annotations
 
 import base64
-import json
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import requests
 from openai import OpenAI
 
-from tests.gateway.conftest import (
+from tests.gateway.harness import (
     DIMS,
     FAKE_REVISION,
     GOOD_KEY,
@@ -23,6 +20,7 @@ from tests.gateway.conftest import (
     GatewayServer,
     fake_vector,
 )
+from tests.support.examples import curl_example
 
 QUERIES = ["how do i freeze my card", "what is my balance", "book a table for two at 7"]
 
@@ -109,20 +107,11 @@ def test_unpacked_upstream_replies_still_work(client: OpenAI, fakes: Fakes) -> N
 def test_documentation_examples_as_published(gateway: GatewayServer) -> None:
     host = gateway.url.removeprefix("http://")
     key = GOOD_KEY
-    curl = shutil.which("curl")
-    if curl is not None:
-        out = subprocess.run(
-            [
-                curl, "-s", "-X", "POST", f"http://{host}/v2/embeddings",
-                "-H", "accept: application/json", "-H", f"Authorization: Bearer {key}",
-                "-H", "Content-Type: application/json",
-                "-d", '{"input": "Your text to embed here", "model": "intent-embed"}',
-            ],
-            capture_output=True, text=True, timeout=30, check=True,
-        )  # fmt: skip
-        body = json.loads(out.stdout)
-        assert body["object"] == "list" and len(body["data"][0]["embedding"]) == 384
-        assert body["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
+    # The documentation's curl example: the same request (method, headers, body) from Python.
+    reply = curl_example(host, key, timeout=30)
+    body = reply.json()
+    assert body["object"] == "list" and len(body["data"][0]["embedding"]) == 384
+    assert body["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
 
     url = f"http://{host}/v2/predict"
     headers = {
@@ -174,16 +163,13 @@ def test_health_readiness_and_metrics(gateway: GatewayServer, fakes: Fakes) -> N
     ready = requests.get(f"{gateway.url}/readyz", timeout=10)
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
 
-    from grpc_health.v1 import health_pb2
-
-    embed_health = fakes.embed_upstream.health
-    embed_health.set("intent_embed.v1.EmbedService", health_pb2.HealthCheckResponse.NOT_SERVING)
+    fakes.embed_upstream.set_serving(False)
     try:
         not_ready = requests.get(f"{gateway.url}/readyz", timeout=10)
         assert not_ready.status_code == 503
         assert not_ready.json()["embed"] == "NOT_SERVING"
     finally:
-        embed_health.set("intent_embed.v1.EmbedService", health_pb2.HealthCheckResponse.SERVING)
+        fakes.embed_upstream.set_serving(True)
 
     requests.post(f"{gateway.url}/v2/embeddings", json={"input": "x"}, timeout=10)  # a 401
     text = requests.get(f"{gateway.url}/metrics", timeout=10).text

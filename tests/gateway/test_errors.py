@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from typing import Any
 
 import grpc
@@ -12,7 +11,8 @@ import pytest
 import requests
 from openai import OpenAI
 
-from tests.gateway.conftest import GOOD_KEY, UNPAID_KEY, Fakes, GatewayServer
+from intent_embed.rich_status import BILLING_NOT_ACTIVE
+from tests.gateway.harness import GOOD_KEY, UNPAID_KEY, FakeClock, Fakes, GatewayServer
 
 AUTH = {"Authorization": f"Bearer {GOOD_KEY}"}
 
@@ -64,9 +64,9 @@ def test_billing_not_ok_is_402_with_how_to_fix(gateway: GatewayServer) -> None:
 
 
 def test_auth_is_cached_and_bad_keys_briefly(fakes: Fakes) -> None:
-    # TTLs are generous against a busy CI machine; the sleep only has to outlast them.
+    clock = FakeClock()  # the cache expires when the test moves the clock, not by waiting
     settings = fakes.settings(auth_cache_s=2.0, auth_negative_cache_s=2.0)
-    with GatewayServer(settings) as gw:
+    with GatewayServer(settings, clock=clock) as gw:
         body = {"input": "hi", "model": "intent-embed"}
         before = fakes.metering.auth_calls
         assert post(gw, body).status_code == 200
@@ -77,7 +77,7 @@ def test_auth_is_cached_and_bad_keys_briefly(fakes: Fakes) -> None:
         for _ in range(3):
             assert post(gw, body, headers={"Authorization": "Bearer sk-bad-x"}).status_code == 401
         assert fakes.metering.auth_calls - before == 2
-        time.sleep(2.1)
+        clock.advance(2.1)
         assert post(gw, body).status_code == 401
 
 
@@ -224,9 +224,10 @@ def test_upstream_statuses_map_to_http(
 
 
 def test_billing_refusal_from_metering_is_402(gateway: GatewayServer, fakes: Fakes) -> None:
-    fakes.script.embed_failures.append(
-        (grpc.StatusCode.FAILED_PRECONDITION, "org org-1 is past due; pay the open invoice")
-    )
+    fakes.script.embed_failures.append((
+        grpc.StatusCode.FAILED_PRECONDITION, "org org-1 is past due; pay the open invoice",
+        BILLING_NOT_ACTIVE,
+    ))  # fmt: skip
     assert error_of(post(gateway, {"input": "hi", "model": "intent-embed"}), 402)
 
 
@@ -250,9 +251,10 @@ def test_one_retry_on_unavailable_with_the_same_request_id(
 def test_embed_deadline_is_503(fakes: Fakes) -> None:
     with GatewayServer(fakes.settings(embed_timeout_s=0.2)) as gw:
         fakes.script.embed_delay_s = 1.5  # without the deadline this would be a 200
-        start = time.monotonic()
+        done_before = fakes.embed.delays_done
         assert error_of(post(gw, {"input": "hi", "model": "intent-embed"}), 503)
-        assert time.monotonic() - start < 1.4
+        # Answered at the deadline, while the upstream was still busy with the request.
+        assert fakes.embed.delays_done == done_before
 
 
 def test_embed_service_down_is_503_not_ready(fakes: Fakes) -> None:

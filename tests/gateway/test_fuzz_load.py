@@ -11,7 +11,7 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.gateway.conftest import GOOD_KEY, PROJECT, Fakes, GatewayServer
+from tests.gateway.harness import GOOD_KEY, PROJECT, Fakes, GatewayServer
 
 AUTH = {"Authorization": f"Bearer {GOOD_KEY}", "Content-Type": "application/json"}
 

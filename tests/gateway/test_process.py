@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 
+from devstack.probes import free_port, http_ok, wait_ready
 from gateway.settings import Settings
-from tests.gateway.conftest import GOOD_KEY, Fakes
+from tests.gateway.harness import GOOD_KEY, Fakes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,13 +25,11 @@ def test_help_lists_every_setting_with_env_and_default() -> None:
     out = " ".join(out.split())  # argparse wraps lines at the terminal width
     for name in Settings.model_fields:
         assert f"GATEWAY_{name.upper()}" in out, name
-    assert "default 8080" in out and "default 'dns:///127.0.0.1:50051'" in out
+    assert "(default: 8080)" in out and "(default: dns:///127.0.0.1:50051)" in out
 
 
 def test_serves_then_stops_cleanly_on_sigterm(fakes: Fakes) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     settings = fakes.settings()
     env = {
         **os.environ,
@@ -47,15 +44,7 @@ def test_serves_then_stops_cleanly_on_sigterm(fakes: Fakes) -> None:
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.1)
+        wait_ready(lambda: http_ok(url + "/readyz"), proc, within_s=30, what="gateway")
         reply = requests.post(
             url + "/v2/embeddings",
             json={"input": "hello", "model": "intent-embed"},

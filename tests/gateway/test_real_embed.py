@@ -4,29 +4,20 @@ metering for auth: the vectors and errors a client gets come from the actual mod
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 import requests
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai import OpenAI
 
-from tests.gateway.conftest import GOOD_KEY, Fakes, GatewayServer
+from devstack.probes import NotReady, free_port, wait_serving
+from tests.gateway.harness import GOOD_KEY, Fakes, GatewayServer
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -47,21 +38,11 @@ def real_embed_addr() -> Iterator[str]:
     )  # fmt: skip
     addr = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        with grpc.insecure_channel(addr) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                assert proc.poll() is None, (
-                    proc.stderr.read().decode()[-2000:] if proc.stderr else ""
-                )
-                assert time.monotonic() < deadline, "embed service did not become SERVING"
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
+        try:
+            wait_serving(addr, proc, within_s=120)
+        except NotReady as exc:
+            stderr = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            raise AssertionError(f"embed service: {exc}\n{stderr}") from None
         yield addr
     finally:
         proc.terminate()

@@ -1,18 +1,18 @@
 """A small, strict kustomize renderer for the tests: what `kubectl kustomize k8s/...` would output.
 
 It supports exactly the kustomization features the manifests under ``k8s/`` use (``resources``
-as files or directories, ``namespace``, ``images`` and JSON 6902 ``patches`` with a ``target``)
-and refuses any other field, so a manifest change that needs more fails loudly here instead of
-being rendered wrong. No ``kubectl`` is needed; where one is installed, its output and this one
-agree (checked by hand when the manifests change).
+as files or directories, ``namespace``, ``images`` and JSON 6902 ``patches`` with a ``target``,
+applied by the ``jsonpatch`` library) and refuses any other field, so a manifest change that
+needs more fails loudly here instead of being rendered wrong. No ``kubectl`` is needed; where
+one is installed, its output and this one agree (checked by hand when the manifests change).
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import yaml
 
 Doc = dict[str, Any]
@@ -67,35 +67,13 @@ def _apply_patch(directory: Path, patch: dict[str, Any], docs: list[Doc]) -> Non
     ]
     if not matched:
         raise RenderError(f"{patch['path']}: no resource matches target {target}")
-    for doc in matched:
-        for op in ops:
-            _apply_op(doc, op)
-
-
-def _apply_op(doc: Doc, op: dict[str, Any]) -> None:
-    parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
-    parent: Any = doc
-    for part in parts[:-1]:
-        parent = parent[int(part)] if isinstance(parent, list) else parent[part]
-    last = parts[-1]
-    kind = op["op"]
-    if kind in ("add", "replace"):
-        value = copy.deepcopy(op["value"])
-        if isinstance(parent, list):
-            if last == "-":
-                parent.append(value)
-            elif kind == "add":
-                parent.insert(int(last), value)
-            else:
-                parent[int(last)] = value
-        else:
-            if kind == "replace" and last not in parent:
-                raise RenderError(f"replace of missing path {op['path']}")
-            parent[last] = value
-    elif kind == "remove":
-        del parent[int(last) if isinstance(parent, list) else last]
-    else:
-        raise RenderError(f"unsupported patch op {kind}")
+    patch_ops = jsonpatch.JsonPatch(ops)
+    for index, doc in enumerate(docs):
+        if any(doc is m for m in matched):
+            try:
+                docs[index] = patch_ops.apply(doc)
+            except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as err:
+                raise RenderError(f"{patch['path']}: {err}") from err
 
 
 def _containers(docs: list[Doc]) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -17,8 +16,9 @@ from sqlalchemy import create_engine, text
 from intent_embed.v1 import metering_pb2_grpc
 from metering.database import make_engine, migrate
 from metering.ledger import Ledger
-from metering.server import Metrics, RunningServer, start_server
+from metering.server import Metrics, start_server
 from metering.settings import Settings
+from tests.metering.harness import Service
 
 PG_URL_ENV = "METERING_TEST_DATABASE_URL"
 
@@ -62,15 +62,6 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
     engine = make_engine(url)
     yield Ledger(engine, max_unpaid_usd=50)
     engine.dispose()
-
-
-@dataclass
-class Service:
-    ledger: Ledger
-    metrics: Metrics
-    running: RunningServer
-    channel: grpc.aio.Channel
-    stub: metering_pb2_grpc.MeteringServiceStub
 
 
 @pytest.fixture

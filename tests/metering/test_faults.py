@@ -9,17 +9,15 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from devstack import probes
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 from metering.database import make_engine
 from metering.ledger import Ledger
@@ -29,12 +27,6 @@ from tests.fakes.fake_stripe import FakeStripe
 
 ROOT = Path(__file__).resolve().parents[2]
 STRIPE_KEY = "sk_test_faults"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def env_for(url: str, **extra: str) -> dict[str, str]:
@@ -62,21 +54,6 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         )
 
 
-def wait_serving(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, "metering exited during start-up"
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise AssertionError("metering did not become SERVING")
-
-
 @pytest.fixture
 def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
@@ -92,11 +69,11 @@ async def test_metering_killed_mid_stream_loses_and_doubles_nothing(
 ) -> None:
     engine = make_engine(sqlite_url)
     org = Ledger(engine).create_org("acme", "cus_1").id
-    port = free_port()
+    port = probes.free_port()
     env = env_for(sqlite_url, METERING_PORT=str(port))
     log = tmp_path / "metering.log"
     procs.append(start([], env, log))
-    await asyncio.to_thread(wait_serving, port, procs[-1])
+    await asyncio.to_thread(probes.wait_serving, f"127.0.0.1:{port}", procs[-1], 60)
 
     rng = random.Random(3)
     sent: dict[str, int] = {}  # every event id a client ever sent, with its tokens
@@ -140,7 +117,7 @@ async def test_metering_killed_mid_stream_loses_and_doubles_nothing(
         procs[-1].send_signal(signal.SIGKILL)
         procs[-1].wait(10)
         procs.append(start([], env, log))
-        await asyncio.to_thread(wait_serving, port, procs[-1])
+        await asyncio.to_thread(probes.wait_serving, f"127.0.0.1:{port}", procs[-1], 60)
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         await asyncio.wait_for(

@@ -13,8 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from intent_embed.v1 import metering_pb2
 from metering.ledger import Ledger
-
-from .conftest import Service
+from tests.metering.harness import Service
 
 
 def event(

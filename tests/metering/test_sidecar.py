@@ -11,29 +11,21 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.probes import NotReady, free_port, wait_serving
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.clinc150 import REPO_ROOT
+from tests.support.fake_metering import METERING_SERVICE, FakeMetering, FakeServer
+from tests.support.metrics import scraped_value
+from tests.support.waiting import eventually, eventually_equal
 
 
 def event(event_id: str, tokens: int = 7, org: str = "org-1") -> metering_pb2.UsageEvent:
@@ -45,58 +37,25 @@ def event(event_id: str, tokens: int = 7, org: str = "org-1") -> metering_pb2.Us
 # -- fake central ------------------------------------------------------------------------
 
 
-@dataclass
-class Ledger:
-    events: dict[str, metering_pb2.UsageEvent] = field(default_factory=dict)
-    deliveries: int = 0
-    rejected_orgs: set[str] = field(default_factory=set)
-    delay_s: float = 0.0
+class Central:
+    """A fake central metering (atomic per call, idempotent by event id, like the real ledger)
+    that tests stop and start again on the same port, slow down, or tell to reject an org."""
 
-    def tokens(self) -> int:
-        return sum(e.tokens for e in self.events.values())
-
-
-class FakeCentral(metering_pb2_grpc.MeteringServiceServicer):
-    """Atomic per call, idempotent by event id, like the real ledger."""
-
-    def __init__(self, ledger: Ledger, port: int) -> None:
-        self.ledger = ledger
-        self.port = port
-        self.server: grpc.aio.Server | None = None
-
-    async def RecordUsage(
-        self, request: metering_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext
-    ) -> metering_pb2.RecordUsageResponse:
-        if self.ledger.delay_s:
-            await asyncio.sleep(self.ledger.delay_s)
-        for e in request.events:
-            if e.org_id in self.ledger.rejected_orgs:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"unknown org {e.org_id}")
-        recorded = duplicates = 0
-        for e in request.events:
-            self.ledger.deliveries += 1
-            if e.event_id in self.ledger.events:
-                duplicates += 1
-            else:
-                self.ledger.events[e.event_id] = e
-                recorded += 1
-        return metering_pb2.RecordUsageResponse(recorded=recorded, duplicates=duplicates)
+    def __init__(self) -> None:
+        self.ledger = FakeMetering()
+        self.server = FakeServer.metering(self.ledger, port=free_port())
+        self.port = self.server.port
 
     async def start(self) -> None:
-        self.server = grpc.aio.server()
-        metering_pb2_grpc.add_MeteringServiceServicer_to_server(self, self.server)
-        assert self.server.add_insecure_port(f"127.0.0.1:{self.port}") == self.port
         await self.server.start()
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.stop(0)
-            self.server = None
+        await self.server.stop()
 
 
 @pytest.fixture
-async def central() -> AsyncIterator[FakeCentral]:
-    fake = FakeCentral(Ledger(), free_port())
+async def central() -> AsyncIterator[Central]:
+    fake = Central()
     await fake.start()
     yield fake
     await fake.stop()
@@ -135,21 +94,12 @@ class SidecarProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("METERING_")}
         self.process = await asyncio.to_thread(self._spawn, args, env)
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
-        health = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log_path.read_text()
-            try:
-                reply = await health.Check(
-                    health_pb2.HealthCheckRequest(service="intent_embed.v1.MeteringService"),
-                    timeout=1,
-                )
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"sidecar not serving:\n{self.log_path.read_text()}")
+        try:
+            await asyncio.to_thread(
+                wait_serving, f"127.0.0.1:{self.port}", self.process, 30, METERING_SERVICE
+            )
+        except NotReady as exc:
+            raise AssertionError(f"sidecar: {exc}:\n{self.log_path.read_text()}") from None
 
     def _spawn(self, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         with self.log_path.open("ab") as log:
@@ -169,17 +119,7 @@ class SidecarProcess:
 
     async def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        text = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
-        )
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in (labels or {}).items()
-                ):
-                    total += sample.value
-        return total
+        return await asyncio.to_thread(scraped_value, url, name, labels)
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.process is not None
@@ -217,27 +157,17 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[Callable[..., SidecarProcess
         await sidecar.stop()
 
 
-async def eventually(check: Callable[[], bool], within_s: float = 20.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def metric_reaches(
     sidecar: SidecarProcess, name: str, value: float, within_s: float = 10.0
 ) -> None:
-    deadline = time.monotonic() + within_s
-    while (current := await sidecar.metric(name)) != value:
-        assert time.monotonic() < deadline, f"{name}={current}, expected {value}"
-        await asyncio.sleep(0.05)
+    await eventually_equal(lambda: sidecar.metric(name), value, within_s, name)
 
 
 # -- tests -------------------------------------------------------------------------------
 
 
 async def test_acks_continue_while_central_is_down_and_everything_arrives_later(
-    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+    central: Central, sidecars: Callable[..., SidecarProcess]
 ) -> None:
     sidecar = sidecars(central.port)
     await sidecar.start()
@@ -266,7 +196,7 @@ async def test_acks_continue_while_central_is_down_and_everything_arrives_later(
 
 
 async def test_recovery_of_central_is_noticed_without_waiting_out_the_backoff(
-    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+    central: Central, sidecars: Callable[..., SidecarProcess]
 ) -> None:
     await central.stop()
     sidecar = sidecars(central.port, forward_interval_s=20, forward_backoff_max_s=20)
@@ -284,7 +214,7 @@ async def test_recovery_of_central_is_noticed_without_waiting_out_the_backoff(
 
 
 async def test_sigkilled_sidecar_restarts_with_its_spool_nothing_lost_nothing_twice(
-    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+    central: Central, sidecars: Callable[..., SidecarProcess]
 ) -> None:
     central.ledger.delay_s = 0.05  # central lags, so the spool holds a backlog at the kill
     sidecar = sidecars(central.port, forward_batch=5)
@@ -325,7 +255,7 @@ async def test_sigkilled_sidecar_restarts_with_its_spool_nothing_lost_nothing_tw
 
 
 async def test_full_spool_refuses_with_resource_exhausted_until_drained(
-    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+    central: Central, sidecars: Callable[..., SidecarProcess]
 ) -> None:
     await central.stop()
     sidecar = sidecars(central.port, spool_max_events=5)
@@ -349,7 +279,7 @@ async def test_full_spool_refuses_with_resource_exhausted_until_drained(
 
 
 async def test_sigterm_forwards_the_spool_then_exits(
-    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+    central: Central, sidecars: Callable[..., SidecarProcess]
 ) -> None:
     await central.stop()
     sidecar = sidecars(central.port, forward_batch=5, shutdown_grace_s=20)
@@ -368,7 +298,7 @@ async def test_sigterm_forwards_the_spool_then_exits(
 
 
 async def test_sigterm_with_central_down_exits_after_grace_and_keeps_the_spool(
-    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+    central: Central, sidecars: Callable[..., SidecarProcess]
 ) -> None:
     await central.stop()
     sidecar = sidecars(central.port, shutdown_grace_s=1)
@@ -386,7 +316,7 @@ async def test_sigterm_with_central_down_exits_after_grace_and_keeps_the_spool(
 
 
 async def test_events_central_rejects_are_dead_lettered_and_the_rest_arrive(
-    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+    central: Central, sidecars: Callable[..., SidecarProcess]
 ) -> None:
     central.ledger.rejected_orgs.add("org-gone")
     await central.stop()
@@ -408,7 +338,7 @@ async def test_events_central_rejects_are_dead_lettered_and_the_rest_arrive(
 
 
 async def test_malformed_calls_and_central_only_methods_are_refused(
-    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+    central: Central, sidecars: Callable[..., SidecarProcess]
 ) -> None:
     sidecar = sidecars(central.port)
     await sidecar.start()
@@ -450,7 +380,7 @@ INVALID_EVENTS = {
 
 
 async def test_no_event_central_would_reject_as_invalid_is_acknowledged(
-    central: FakeCentral, sidecars: Callable[..., SidecarProcess]
+    central: Central, sidecars: Callable[..., SidecarProcess]
 ) -> None:
     sidecar = sidecars(central.port)
     await sidecar.start()
@@ -506,19 +436,10 @@ class CentralProcess:
 
     async def start(self) -> None:
         self.process = await asyncio.to_thread(self._spawn)
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                assert self.process.poll() is None, self.log_path.read_text()
-                try:
-                    reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.aio.AioRpcError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError(f"central not serving:\n{self.log_path.read_text()}")
+        try:
+            await asyncio.to_thread(wait_serving, f"127.0.0.1:{self.port}", self.process, 60)
+        except NotReady as exc:
+            raise AssertionError(f"central: {exc}:\n{self.log_path.read_text()}") from None
 
     async def kill(self) -> None:
         assert self.process is not None

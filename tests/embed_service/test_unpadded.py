@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from embed_service.model import EmbeddingModel
-
-from .conftest import clinc_test_texts
+from tests.support.clinc150 import clinc_test_texts
 
 
 def _padded(model: EmbeddingModel, ids: list[list[int]]) -> np.ndarray:
@@ -21,7 +20,7 @@ def _padded(model: EmbeddingModel, ids: list[list[int]]) -> np.ndarray:
 def test_unpadded_path_equals_the_padded_forward_on_a_mixed_batch(
     minilm_fp32: EmbeddingModel,
 ) -> None:
-    assert minilm_fp32.packed is not None
+    assert minilm_fp32.unpadded is not None
     texts = ["ok", *clinc_test_texts(every=300), "a " * 400, "what is my balance"]
     ids = [t[: minilm_fp32.max_input_tokens] for t in minilm_fp32.tokenize(texts)]
     assert len({len(t) for t in ids}) > 5  # lengths from 1 to the model's limit, one batch
@@ -48,15 +47,15 @@ def test_an_architecture_the_unpadded_path_does_not_cover_runs_padded(
     RobertaModel(config).eval().save_pretrained(target)
     for dtype in ("float32", "bfloat16"):
         model = EmbeddingModel.from_directory(target, device="cpu", dtype=dtype)
-        assert model.packed is None
+        assert model.unpadded is None
         vectors = model.encode(["hello world", "set an alarm for seven"])
         assert vectors.shape == (2, 32)
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
 def test_padded_forward_can_be_chosen(tiny_model_dir: Path) -> None:
-    padded = EmbeddingModel.from_directory(tiny_model_dir, device="cpu", packed=False)
+    padded = EmbeddingModel.from_directory(tiny_model_dir, device="cpu", unpadded=False)
     unpadded = EmbeddingModel.from_directory(tiny_model_dir, device="cpu")
-    assert padded.packed is None and unpadded.packed is not None
+    assert padded.unpadded is None and unpadded.unpadded is not None
     texts = ["hello world", "set an alarm for seven tomorrow morning"]
     np.testing.assert_allclose(padded.encode(texts), unpadded.encode(texts), atol=1e-5)

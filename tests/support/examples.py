@@ -1,0 +1,22 @@
+"""The documentation's examples, sent as a reader would send them."""
+
+from __future__ import annotations
+
+import requests
+
+CURL_BODY = '{"input": "Your text to embed here", "model": "intent-embed"}'
+
+
+def curl_example(host: str, key: str, timeout: float = 60) -> requests.Response:
+    """The documented curl request (`curl -s -X POST .../v2/embeddings -H ... -d '...'`), with
+    the same method, headers and body, sent from Python."""
+    return requests.post(
+        f"http://{host}/v2/embeddings",
+        headers={
+            "accept": "application/json",
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+        },
+        data=CURL_BODY,
+        timeout=timeout,
+    )
