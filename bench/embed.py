@@ -112,14 +112,11 @@ def _batch_stats(metrics_url: str) -> tuple[float, float]:
     return total, count
 
 
-def run(report: Any) -> None:
-    queries = load_queries()
-    short = [q for q in queries if len(q.split()) <= 12]
-    report.line(f"queries: {len(short)} short CLINC150 test texts; one per call; "
-                f"{os.cpu_count()} CPUs (shared: numbers are noisy when others run)")
+def _raw_ceilings(report: Any, short: list[str]) -> dict[str, dict[str, Any]]:
+    """The raw model's numbers in every variant this machine has, one report line each."""
     import torch
 
-    from embed_service.model import cpu_has_native_bf16
+    from embed_service.precision import cpu_has_native_bf16
 
     bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
     # (name, dtype, unpadded, whole model cast): the service's forward in each dtype, the
@@ -143,9 +140,12 @@ def run(report: Any) -> None:
             f"(min {r['batch1_min_ms']:.2f} ms, {r['batch1_per_s']:.0f}/s); {per_batch}; "
             f"best b{r['best_batch']} {r['best_per_s']:.0f}/s"
         )
-    ceiling_name = max(raw, key=lambda name: raw[name]["best_per_s"])
-    ceiling = raw[ceiling_name]
+    return raw
 
+
+def _served(report: Any, short: list[str]) -> tuple[list[dict[str, Any]], Any, float, int | None]:
+    """`python -m embed_service` under the load generator at each concurrency: the results,
+    the service's Info, its peak RSS (MiB) and its exit status after SIGTERM."""
     port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     env = dict(os.environ)
@@ -169,7 +169,6 @@ def run(report: Any) -> None:
             info = _info(address)
             report.line(f"service: dtype {info.dtype} on {info.device}, "
                         f"max_batch_tokens {info.max_batch_tokens}, metering off")
-            served_raw = raw.get(f"{info.dtype} unpadded", ceiling)
             results = []
             for c in CONCURRENCY:
                 before = _batch_stats(f"http://127.0.0.1:{metrics_port}/metrics")
@@ -197,6 +196,19 @@ def run(report: Any) -> None:
             except subprocess.TimeoutExpired:
                 service.kill()
                 service.wait()
+    return results, info, peak, service.returncode
+
+
+def run(report: Any) -> None:
+    queries = load_queries()
+    short = [q for q in queries if len(q.split()) <= 12]
+    report.line(f"queries: {len(short)} short CLINC150 test texts; one per call; "
+                f"{os.cpu_count()} CPUs (shared: numbers are noisy when others run)")
+    raw = _raw_ceilings(report, short)
+    ceiling_name = max(raw, key=lambda name: raw[name]["best_per_s"])
+    ceiling = raw[ceiling_name]
+    results, info, peak, returncode = _served(report, short)
+    served_raw = raw.get(f"{info.dtype} unpadded", ceiling)
     by_c = {r["concurrency"]: r for r in results}
     ratio = by_c[64]["per_s"] / ceiling["best_per_s"]
     padded = by_c[64]["per_s"] / raw["float32 padded"]["best_per_s"]
@@ -211,7 +223,7 @@ def run(report: Any) -> None:
         f"(+{c1 - served_raw['batch1_ms']:.2f} ms; target <= +2 ms)"
     )
     report.line(f"peak RSS {peak:.0f} MiB (target <= 1536 MiB)")
-    report.line(f"exit code of the service after SIGTERM: {service.returncode}")
+    report.line(f"exit code of the service after SIGTERM: {returncode}")
 
 
 def _info(address: str) -> Any:

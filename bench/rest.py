@@ -32,7 +32,7 @@ import grpc
 
 from bench.embed import load_queries
 from bench.metering import cpu_seconds
-from devstack.probes import NotReady, free_port, grpc_serving, http_ok, wait_ready
+from devstack.probes import free_port, grpc_serving, http_ok, wait_ready
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc, metering_pb2
 from tests.support.clinc150 import REPO_ROOT as REPO
 from tests.support.fake_metering import FakeMetering, FakeServer, ThreadedServer
@@ -59,11 +59,7 @@ def process(args: list[str], env: dict[str, str], ready: Callable[[], bool]) -> 
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        try:
-            wait_ready(ready, proc, within_s=180, what=" ".join(args))
-        except NotReady as exc:
-            err = proc.stderr.read().decode()[-1500:] if proc.stderr else ""
-            raise RuntimeError(f"{exc}: {err}") from None
+        wait_ready(ready, proc, within_s=180, what=" ".join(args))
         yield proc.pid
     finally:
         proc.terminate()
@@ -107,7 +103,7 @@ def raw_model(queries: list[str]) -> tuple[float, float, str]:
         import torch
 
         from bench.embed import raw_ceiling
-        from embed_service.model import resolve_dtype
+        from embed_service.precision import resolve_dtype
 
         dtype = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
         return raw_ceiling(dtype, queries)

@@ -55,14 +55,26 @@ def wait_ready(
     within_s: float = 120.0,
     what: str = "the service",
 ) -> None:
-    """Polls `ready()` until it holds; NotReady when `process` exits or time runs out."""
+    """Polls `ready()` until it holds; NotReady when `process` exits (with the end of its
+    stderr, when that is a pipe) or time runs out."""
     deadline = time.monotonic() + within_s
     while not ready():
         if process is not None and process.poll() is not None:
-            raise NotReady(f"{what} exited with status {process.returncode} during start-up")
+            raise NotReady(
+                f"{what} exited with status {process.returncode} during start-up"
+                + _stderr_tail(process)
+            )
         if time.monotonic() > deadline:
             raise NotReady(f"{what} not ready after {within_s:.0f}s")
         time.sleep(0.1)
+
+
+def _stderr_tail(process: subprocess.Popen[bytes] | subprocess.Popen[str]) -> str:
+    """The end of what an exited process wrote to its stderr pipe, if it has one."""
+    if process.stderr is None:
+        return ""
+    tail = process.stderr.read()[-2000:]
+    return "\n" + (tail.decode(errors="replace") if isinstance(tail, bytes) else tail)
 
 
 def wait_serving(

@@ -1,9 +1,9 @@
 """The gateway's wiring: the FastAPI app, its routes, error handlers and lifespan.
 
 `create_app(settings, clients)` builds an app whose lifespan opens one gRPC channel per
-upstream (through `clients`) and closes them on shutdown. The embeddings handler reads the
-raw body (size-limited), authenticates, validates, calls `Embed` with `packed=True` and
-writes orjson bytes; no pydantic model sits on the response path.
+upstream (through `clients`) and closes them on shutdown. The embeddings routes themselves are
+`gateway.embeddings`; here are the models, health, readiness and metrics routes and the
+handlers that give every error OpenAI's body.
 """
 
 from __future__ import annotations
@@ -11,20 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import grpc
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth import Authenticator
 from gateway.clients import (
@@ -34,27 +30,28 @@ from gateway.clients import (
     check_serving,
     open_upstreams,
 )
-from gateway.errors import ApiError, error_body, from_upstream
+from gateway.embeddings import (
+    EMBEDDING_ROUTES,
+    JSON,
+    PREDICT_ROUTE,
+    EmbeddingsHandler,
+    HotPathMiddleware,
+    error_response,
+    json_response,
+)
+from gateway.errors import ApiError, error_body
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.model_info import ModelInfo
 from gateway.openai_schema import (
-    EmbeddingRequest,
     EmbeddingRequestSchema,
     EmbeddingResponseSchema,
     ErrorSchema,
     PredictResponseSchema,
-    encode_response,
-    parse_request,
-    vectors_matrix,
 )
 from gateway.settings import Settings
-from intent_embed.v1 import embed_pb2
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
-EMBEDDING_ROUTES = ("/v2/embeddings", "/v1/embeddings")
-PREDICT_ROUTE = "/v2/predict"
 MODELS_ROUTES = ("/v2/models", "/v1/models")
 
 _REQUEST_BODY_DOC = {
@@ -77,195 +74,13 @@ _ERROR_DOCS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def json_response(
-    content: bytes, status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    return Response(content=content, status_code=status, media_type=JSON, headers=headers)
-
-
-def error_response(err: ApiError, request_id: str | None = None) -> Response:
-    headers = dict(err.headers)
-    if request_id:
-        headers["x-request-id"] = request_id
-    return json_response(err.body(), err.status, headers)
-
-
-class EmbeddingsHandler:
-    """Answers the embeddings and predict routes for one app."""
-
-    def __init__(self, settings: Settings, metrics: GatewayMetrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.upstreams: Upstreams | None = None
-        self.auth: Authenticator | None = None
-        self.inflight = 0
-
-    async def read_body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-        except ClientDisconnect:
-            raise ApiError(400, "The client closed the connection mid-body.") from None
-        return b"".join(chunks)
-
-    async def __call__(self, request: Request, with_embeddings_field: bool) -> Response:
-        # Past the limit, shed load at once: a queue of waiting requests would only turn
-        # into client timeouts and memory held for bodies nobody waits for any more.
-        if self.inflight >= self.settings.max_inflight:
-            return error_response(_overloaded(self.settings.retry_after_s))
-        self.inflight += 1
-        try:
-            return await self._answer(request, with_embeddings_field)
-        finally:
-            self.inflight -= 1
-
-    async def _answer(self, request: Request, with_embeddings_field: bool) -> Response:
-        request_id = str(uuid.uuid4())
-        start = time.monotonic()
-        org = "-"
-        try:
-            if self.upstreams is None or self.auth is None:
-                raise ApiError(503, "The gateway is starting.", type_="service_unavailable")
-            length = request.headers.get("content-length")
-            if (
-                length is not None
-                and length.isdigit()
-                and int(length) > self.settings.max_body_bytes
-            ):
-                raise _too_large(self.settings.max_body_bytes)
-            caller = await self.auth.caller(request.headers.get("authorization"))
-            org = caller.org_id
-            raw = await self.read_body(request)
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise ApiError(
-                    400,
-                    f"The body is not valid JSON ({exc.msg}); send a JSON object such as "
-                    f'{{"input": "text", "model": "{self.settings.model_name}"}}.',
-                    code="invalid_json",
-                ) from None
-            req = parse_request(body, self.settings.model_name, self.settings.max_inputs)
-            if req.project_id and req.project_id not in caller.project_ids:
-                raise ApiError(
-                    400,
-                    f"Project {req.project_id[:100]!r} is not a project of your organization.",
-                    param="project_id",
-                    code="project_not_found",
-                )
-            reply = await self.embed(req, caller.org_id, request_id)
-            content = encode_response(
-                vectors_matrix(reply.embeddings),
-                req.encoding_format,
-                self.settings.model_name,
-                reply.usage.prompt_tokens,
-                reply.usage.total_tokens,
-                with_embeddings_field,
-            )
-        except ApiError as err:
-            level = logging.WARNING if err.status >= 500 else logging.INFO
-            log.log(
-                level,
-                "embed_failed request_id=%s org=%s status=%d code=%s ms=%.1f",
-                request_id, org, err.status, err.code, 1000 * (time.monotonic() - start),
-            )  # fmt: skip
-            return error_response(err, request_id)
-        self.metrics.inputs.inc(req.count)
-        self.metrics.tokens.inc(reply.usage.prompt_tokens)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "embed_ok request_id=%s org=%s inputs=%d tokens=%d ms=%.1f",
-                request_id, caller.org_id, req.count, reply.usage.prompt_tokens,
-                1000 * (time.monotonic() - start),
-            )  # fmt: skip
-        return json_response(content, headers={"x-request-id": request_id})
-
-    async def embed(
-        self, req: EmbeddingRequest, org_id: str, request_id: str
-    ) -> embed_pb2.EmbedResponse:
-        """Call Embed; the channel's retryPolicy retries UNAVAILABLE once, same request id."""
-        assert self.upstreams is not None
-        message = embed_pb2.EmbedRequest(
-            truncate=req.truncate,
-            org_id=org_id,
-            project_id=req.project_id,
-            request_id=request_id,
-            packed=True,
-        )
-        if req.texts is not None:
-            message.inputs.extend(req.texts)
-        else:
-            message.token_inputs.extend(embed_pb2.TokenIds(ids=ids) for ids in req.token_ids or [])
-        if req.dimensions is not None:
-            message.dimensions = req.dimensions
-        try:
-            reply: embed_pb2.EmbedResponse = await self.upstreams.embed.Embed(
-                message, timeout=self.settings.embed_timeout_s
-            )
-        except grpc.aio.AioRpcError as err:
-            self.metrics.upstream_errors.labels("embed", err.code().name).inc()
-            raise from_upstream(err, "embedding", self.settings.retry_after_s) from None
-        return reply
-
-
-class HotPathMiddleware:
-    """Serves the embedding routes straight from the ASGI scope.
-
-    The routes stay registered on the FastAPI app (for the OpenAPI schema), but requests to
-    them skip routing, FastAPI's exception, body-limit and exit-stack layers and its endpoint
-    runner: profiled on this 2-core machine, about a tenth of the gateway's CPU per request,
-    CPU the model would otherwise use. Unexpected exceptions still reach the app's 500 handler.
-    """
-
-    def __init__(self, app: ASGIApp, handler: EmbeddingsHandler) -> None:
-        self.app = app
-        self.handler = handler
-        self.routes = {path: False for path in EMBEDDING_ROUTES} | {PREDICT_ROUTE: True}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            with_embeddings_field = self.routes.get(scope["path"])
-            if with_embeddings_field is not None:
-                response = await self.handler(Request(scope, receive), with_embeddings_field)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-def _overloaded(retry_after_s: int) -> ApiError:
-    return ApiError(
-        429,
-        "The gateway is at capacity; retry after the Retry-After delay.",
-        type_="rate_limit_error",
-        code="server_overloaded",
-        headers={"Retry-After": str(retry_after_s)},
-    )
-
-
-def _too_large(limit: int) -> ApiError:
-    return ApiError(
-        413,
-        f"The request body is larger than {limit} bytes; send fewer or shorter inputs per request.",
-        code="request_too_large",
-    )
-
-
-def create_app(
+def _lifespan(
     settings: Settings,
-    clients: Callable[[Settings], Upstreams] = open_upstreams,
-    clock: Callable[[], float] = time.monotonic,
-) -> FastAPI:
-    """The gateway app; `clients` opens the upstream channels when the app starts, `clock`
-    (monotonic seconds) times the auth cache."""
-    metrics = GatewayMetrics()
-    handler = EmbeddingsHandler(settings, metrics)
-
+    clients: Callable[[Settings], Upstreams],
+    handler: EmbeddingsHandler,
+    metrics: GatewayMetrics,
+    clock: Callable[[], float],
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstreams = clients(settings)
@@ -291,14 +106,10 @@ def create_app(
             await upstreams.close()
             log.info("gateway_stopped")
 
-    app = FastAPI(
-        title="intent-embed",
-        version="1.0",
-        description="OpenAI-compatible intent embeddings.",
-        lifespan=lifespan,
-    )
-    app.state.metrics = metrics
+    return lifespan
 
+
+def _add_embedding_routes(app: FastAPI, handler: EmbeddingsHandler) -> None:
     async def embeddings(request: Request) -> Response:
         return await handler(request, with_embeddings_field=False)
 
@@ -324,6 +135,8 @@ def create_app(
         summary="Create embeddings, also as a plain `embeddings` list of vectors",
     )
 
+
+def _add_model_routes(app: FastAPI, settings: Settings, handler: EmbeddingsHandler) -> None:
     model_info = ModelInfo(settings.model_name, settings.auth_cache_s, settings.ready_timeout_s)
 
     def embed_stub() -> Any:
@@ -350,6 +163,10 @@ def create_app(
         app.add_api_route(path, list_models, methods=["GET"], summary="List models")
         app.add_api_route(path + "/{model}", get_model, methods=["GET"], summary="Get a model")
 
+
+def _add_operator_routes(
+    app: FastAPI, settings: Settings, handler: EmbeddingsHandler, metrics: GatewayMetrics
+) -> None:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return json_response(b'{"status":"ok"}')
@@ -371,6 +188,8 @@ def create_app(
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "unknown_url", 405: "method_not_allowed"}
@@ -402,6 +221,27 @@ def create_app(
             500,
         )
 
+
+def create_app(
+    settings: Settings,
+    clients: Callable[[Settings], Upstreams] = open_upstreams,
+    clock: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The gateway app; `clients` opens the upstream channels when the app starts, `clock`
+    (monotonic seconds) times the auth cache."""
+    metrics = GatewayMetrics()
+    handler = EmbeddingsHandler(settings, metrics)
+    app = FastAPI(
+        title="intent-embed",
+        version="1.0",
+        description="OpenAI-compatible intent embeddings.",
+        lifespan=_lifespan(settings, clients, handler, metrics, clock),
+    )
+    app.state.metrics = metrics
+    _add_embedding_routes(app, handler)
+    _add_model_routes(app, settings, handler)
+    _add_operator_routes(app, settings, handler, metrics)
+    _add_error_handlers(app)
     routes = [*EMBEDDING_ROUTES, PREDICT_ROUTE, *MODELS_ROUTES, "/healthz", "/readyz", "/metrics"]
     # add_middleware puts each new one outermost: metrics must see the hot path's answers too.
     app.add_middleware(HotPathMiddleware, handler=handler)

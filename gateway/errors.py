@@ -57,6 +57,17 @@ def _param_of(field: str) -> str | None:
     return _PARAMS.get(field.split("[", 1)[0].split(".", 1)[0])
 
 
+def at_capacity(who: str, retry_after_s: int) -> ApiError:
+    """429: `who` ("The gateway", "The embedding service") cannot take more work now."""
+    return ApiError(
+        429,
+        f"{who} is at capacity; retry after the Retry-After delay.",
+        type_="rate_limit_error",
+        code="server_overloaded",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 def from_upstream(err: grpc.aio.AioRpcError, upstream: str, retry_after_s: int) -> ApiError:
     """Map an upstream gRPC failure to the HTTP answer a client can act on."""
     code = err.code()
@@ -65,13 +76,7 @@ def from_upstream(err: grpc.aio.AioRpcError, upstream: str, retry_after_s: int) 
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return ApiError(400, detail, param=_param_of(rich.field), code="invalid_input")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ApiError(
-            429,
-            "The embedding service is at capacity; retry after the Retry-After delay.",
-            type_="rate_limit_error",
-            code="server_overloaded",
-            headers={"Retry-After": str(retry_after_s)},
-        )
+        return at_capacity("The embedding service", retry_after_s)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return ApiError(
             503,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -116,21 +116,30 @@ def spool_drained(stack: Stack) -> None:
     until(lambda: scraped_value(url, "metering_sidecar_spool_depth") == 0, 60, "empty spool")
 
 
+def kill_and_restart(
+    stack: Stack, name: str, load: Load, count: Callable[[], int], while_down: int
+) -> int:
+    """Under load: SIGKILL service `name`, wait until `count()` grew by `while_down` while it
+    was dead, restart it, and wait for answers again; returns what `count()` grew by."""
+    until(lambda: load.answered() >= 20, what=f"answers before {name} is killed")
+    stack.services[name].signal(signal.SIGKILL)
+    stack.services[name].process.wait(10)  # type: ignore[union-attr]
+    at_kill = count()
+    until(lambda: count() >= at_kill + while_down, what=f"calls while {name} is down")
+    grew = count() - at_kill
+    stack.restart(name)
+    at_restart = load.answered()
+    until(lambda: load.answered() >= at_restart + 20, what=f"answers after {name} is back")
+    return grew
+
+
 def test_central_metering_outage_loses_and_doubles_nothing(pod_stack: tuple[Stack, dict]) -> None:
     stack, demo = pod_stack
     org = str(demo["org_id"])
     before = stack.ledger_tokens(org)
     with Load(stack, str(demo["api_key"])) as load:
-        until(lambda: load.answered() >= 20, what="answers before the outage")
-        stack.services["metering"].signal(signal.SIGKILL)
-        stack.services["metering"].process.wait(10)  # type: ignore[union-attr]
-        at_kill = load.answered()
-        # Embedding keeps being served from the sidecar's spool meanwhile.
-        until(lambda: load.answered() >= at_kill + 40, what="answers during the outage")
-        answered_during_outage = load.answered() - at_kill
-        stack.restart("metering")
-        at_restart = load.answered()
-        until(lambda: load.answered() >= at_restart + 20, what="answers after the outage")
+        # Embedding keeps being served from the sidecar's spool while metering is down.
+        answered_during_outage = kill_and_restart(stack, "metering", load, load.answered, 40)
     assert load.statuses.get(200, 0) > 0 and set(load.statuses) == {200}, load.statuses
     assert answered_during_outage > 0
     expected = before + load.answered_tokens
@@ -146,14 +155,7 @@ def test_sidecar_killed_and_restarted_loses_and_doubles_nothing(
     org = str(demo["org_id"])
     before = stack.ledger_tokens(org)
     with Load(stack, str(demo["api_key"])) as load:
-        until(lambda: load.answered() >= 20, what="answers before the kill")
-        stack.services["sidecar"].signal(signal.SIGKILL)
-        stack.services["sidecar"].process.wait(10)  # type: ignore[union-attr]
-        at_kill = load.calls()
-        until(lambda: load.calls() >= at_kill + 6, what="calls while the sidecar is down")
-        stack.restart("sidecar")
-        at_restart = load.answered()
-        until(lambda: load.answered() >= at_restart + 20, what="answers after the restart")
+        kill_and_restart(stack, "sidecar", load, load.calls, 6)
     # While the sidecar is down the embed service refuses work rather than serve it unbilled.
     assert set(load.statuses) <= {200, 503}, load.statuses
     answered = before + load.answered_tokens

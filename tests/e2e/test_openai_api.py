@@ -19,7 +19,7 @@ from openai import OpenAI
 
 from devstack.stack import Stack
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc
-from tests.support.examples import curl_example
+from tests.support.examples import curl_example, python_example
 
 QUERIES = [
     "my card was charged twice",
@@ -110,14 +110,7 @@ def test_documentation_examples_work_as_written(stack: Stack, demo: dict[str, ob
     assert body["object"] == "list" and len(body["data"][0]["embedding"]) == 384
 
     # The documentation's Python example, as published but for host and key.
-    url = f"http://{host}/v2/predict"
-    headers = {
-        "accept": "application/json",
-        "Authorization": f"Bearer {key}",
-        "Content-Type": "application/json",
-    }
-    data = {"input": "Your text to embed here", "model": "intent-embed"}
-    response = requests.post(url, json=data, headers=headers, timeout=60)
+    response = python_example(host, key, timeout=60)
     embeddings = response.json()["embeddings"]
     assert len(embeddings) == 1 and len(embeddings[0]) == 384
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from embed_service.model import EmbeddingModel, cpu_has_native_bf16, resolve_dtype
+from embed_service.model import EmbeddingModel
+from embed_service.precision import cpu_has_native_bf16, resolve_dtype
 from tests.support.clinc150 import clinc_test_texts
 
 
@@ -46,17 +47,17 @@ def test_bf16_vectors_stay_within_cosine_0_9999_of_fp32(
 def test_auto_dtype_on_cpu_is_bf16_only_where_native_and_faster(
     monkeypatch: pytest.MonkeyPatch, native: bool, pays: bool, expected: torch.dtype
 ) -> None:
-    import embed_service.model as model_module
+    import embed_service.precision as precision_module
 
-    monkeypatch.setattr(model_module, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(model_module, "cpu_bf16_pays", lambda: pays)
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(precision_module, "cpu_bf16_pays", lambda: pays)
     assert resolve_dtype("auto", torch.device("cpu")) == expected
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert resolve_dtype("float32", torch.device("cuda")) == torch.float32
 
 
 def test_bf16_probe_answers_on_this_cpu() -> None:
-    from embed_service.model import cpu_bf16_pays
+    from embed_service.precision import cpu_bf16_pays
 
     assert isinstance(cpu_bf16_pays(), bool)
     assert cpu_bf16_pays(min_speedup=1e6) is False  # no CPU runs bf16 a million times faster

@@ -20,7 +20,7 @@ from tests.gateway.harness import (
     GatewayServer,
     fake_vector,
 )
-from tests.support.examples import curl_example
+from tests.support.examples import curl_example, python_example
 
 QUERIES = ["how do i freeze my card", "what is my balance", "book a table for two at 7"]
 
@@ -113,14 +113,7 @@ def test_documentation_examples_as_published(gateway: GatewayServer) -> None:
     assert body["object"] == "list" and len(body["data"][0]["embedding"]) == 384
     assert body["usage"] == {"prompt_tokens": 5, "total_tokens": 5}
 
-    url = f"http://{host}/v2/predict"
-    headers = {
-        "accept": "application/json",
-        "Authorization": f"Bearer {key}",
-        "Content-Type": "application/json",
-    }
-    data = {"input": "Your text to embed here", "model": "intent-embed"}
-    response = requests.post(url, json=data, headers=headers)
+    response = python_example(host, key)
     embeddings = response.json()["embeddings"]
     assert len(embeddings) == 1
     np.testing.assert_allclose(embeddings[0], expected(["Your text to embed here"])[0], rtol=1e-6)

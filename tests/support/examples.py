@@ -20,3 +20,15 @@ def curl_example(host: str, key: str, timeout: float = 60) -> requests.Response:
         data=CURL_BODY,
         timeout=timeout,
     )
+
+
+def python_example(host: str, key: str, timeout: float = 60) -> requests.Response:
+    """The documented Python example: `requests.post` of the same body to /v2/predict."""
+    url = f"http://{host}/v2/predict"
+    headers = {
+        "accept": "application/json",
+        "Authorization": f"Bearer {key}",
+        "Content-Type": "application/json",
+    }
+    data = {"input": "Your text to embed here", "model": "intent-embed"}
+    return requests.post(url, json=data, headers=headers, timeout=timeout)

@@ -18,6 +18,11 @@ depends_on = None
 
 
 def upgrade() -> None:
+    _org_project_and_usage_tables()
+    _key_and_charge_tables()
+
+
+def _org_project_and_usage_tables() -> None:
     op.create_table(
         "orgs",
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
@@ -63,6 +68,22 @@ def upgrade() -> None:
         sa.Column("inputs", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("org_id"),
     )
+    op.create_table(
+        "projects",
+        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("org_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
+        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
+        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["org_id"],
+            ["orgs.id"],
+        ),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(op.f("ix_projects_org_id"), "projects", ["org_id"], unique=False)
+
+
+def _key_and_charge_tables() -> None:
     op.create_table(
         "api_keys",
         sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
@@ -111,19 +132,6 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_charges_org_id"), "charges", ["org_id"], unique=False)
     op.create_index(op.f("ix_charges_state"), "charges", ["state"], unique=False)
-    op.create_table(
-        "projects",
-        sa.Column("id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-        sa.Column("org_id", sqlmodel.sql.sqltypes.AutoString(length=40), nullable=False),
-        sa.Column("name", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
-        sa.Column("created_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["org_id"],
-            ["orgs.id"],
-        ),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    op.create_index(op.f("ix_projects_org_id"), "projects", ["org_id"], unique=False)
 
 
 def downgrade() -> None:
