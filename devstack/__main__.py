@@ -7,7 +7,6 @@ second run reuses the same demo org and key. Ctrl-C stops the three services cle
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -15,6 +14,7 @@ import threading
 from pathlib import Path
 
 from devstack.stack import Ports, Stack, StackError
+from intent_embed.logs import configure_logging
 
 
 def example(stack: Stack, demo: dict[str, object]) -> str:
@@ -86,7 +86,7 @@ def ports_from_env() -> Ports:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s devstack %(message)s")
+    configure_logging("INFO")
     stack = Stack(data_dir=args.data_dir, ports=ports_from_env())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
