@@ -13,6 +13,8 @@ import datetime as dt
 from sqlalchemy import BigInteger, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from intent_embed.usage_events import MAX_EVENT_ID_CHARS, MAX_ID_CHARS, MAX_MODEL_CHARS
+
 # Billing states an org can be in; "no_payment_method" is derived (no Stripe customer).
 STATE_OK = "ok"
 STATE_PAST_DUE = "past_due"
@@ -67,10 +69,10 @@ class UsageEvent(SQLModel, table=True):
     __tablename__ = "usage_events"
     __table_args__ = (Index("ix_usage_events_org_at", "org_id", "at"),)
 
-    event_id: str = Field(primary_key=True, max_length=256)
-    org_id: str = Field(max_length=40)
-    project_id: str = Field(default="", max_length=40)
-    model: str = Field(default="", max_length=200)
+    event_id: str = Field(primary_key=True, max_length=MAX_EVENT_ID_CHARS)
+    org_id: str = Field(max_length=MAX_ID_CHARS)
+    project_id: str = Field(default="", max_length=MAX_ID_CHARS)
+    model: str = Field(default="", max_length=MAX_MODEL_CHARS)
     tokens: int = Field(sa_type=BigInteger)
     inputs: int = 0
     at: dt.datetime
