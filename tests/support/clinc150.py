@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from intent_model.data import default_data_path
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CLINC150 = REPO_ROOT.parent / "shared" / "data" / "clinc150" / "data_full.json"
+CLINC150 = default_data_path()  # where the intent model's training finds it too
 
 FALLBACK_QUERIES = [
     "how would you say fly in italian", "what's the spanish word for pasta",
