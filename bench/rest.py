@@ -32,7 +32,7 @@ import grpc
 
 from bench.embed import load_queries
 from bench.metering import cpu_seconds
-from devstack.probes import free_port, grpc_serving, http_ok, wait_ready
+from devstack.probes import free_port, grpc_serving, http_ok, stop_process, wait_ready
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc, metering_pb2
 from tests.support.clinc150 import REPO_ROOT as REPO
 from tests.support.fake_metering import FakeMetering, FakeServer, ThreadedServer
@@ -62,12 +62,7 @@ def process(args: list[str], env: dict[str, str], ready: Callable[[], bool]) -> 
         wait_ready(ready, proc, within_s=180, what=" ".join(args))
         yield proc.pid
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @dataclass

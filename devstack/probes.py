@@ -1,5 +1,5 @@
-"""Readiness probes for local processes: a free port, gRPC health, an HTTP 200, and the wait
-for one of them while watching that the process has not died.
+"""Readiness probes for local processes: a free port, gRPC health, an HTTP 200, the wait for
+one of them while watching that the process has not died, and the stop (SIGTERM, then SIGKILL).
 
 The stack launcher (`make run`), the end-to-end and process tests and the benchmarks all start
 servers as processes and wait for them through these.
@@ -7,6 +7,7 @@ servers as processes and wait for them through these.
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import time
@@ -16,6 +17,8 @@ from collections.abc import Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -85,3 +88,18 @@ def wait_serving(
 ) -> None:
     """Waits until the gRPC server at `address` reports SERVING (for `service`)."""
     wait_ready(lambda: grpc_serving(address, service), process, within_s, f"gRPC {address}")
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 30.0
+) -> int:
+    """SIGTERM, then SIGKILL after `timeout` seconds; the exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("pid=%d did not stop in %.0fs; killing it", process.pid, timeout)
+            process.kill()
+            process.wait()
+    return process.returncode

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import grpc
 
-from devstack.probes import NotReady, free_port, grpc_serving, http_ok, wait_ready
+from devstack.probes import NotReady, free_port, grpc_serving, http_ok, stop_process, wait_ready
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -78,15 +77,7 @@ class Service:
         """SIGTERM, then SIGKILL after `timeout` seconds; returns the exit code."""
         if self.process is None:
             return None
-        if self.alive():
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("service=%s did not stop in %.0fs; killing it", self.name, timeout)
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -19,7 +19,7 @@ from openai import OpenAI
 
 from devstack.stack import Stack
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc
-from tests.support.examples import curl_example, python_example
+from tests.support.examples import curl_example, openai_example, python_example
 
 QUERIES = [
     "my card was charged twice",
@@ -114,13 +114,7 @@ def test_documentation_examples_work_as_written(stack: Stack, demo: dict[str, ob
     embeddings = response.json()["embeddings"]
     assert len(embeddings) == 1 and len(embeddings[0]) == 384
 
-    client = OpenAI(api_key=key, base_url=f"http://{host}/v2")
-    response2 = client.embeddings.create(
-        model="intent-embed",
-        input="I want to use the intent embeddings api",
-        encoding_format="float",
-    )
-    assert len(response2.data[0].embedding) == 384
+    assert len(openai_example(host, key)) == 384
 
 
 def test_errors_reach_the_client_in_openai_shape(stack: Stack, demo: dict[str, object]) -> None:

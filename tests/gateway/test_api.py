@@ -20,7 +20,7 @@ from tests.gateway.harness import (
     GatewayServer,
     fake_vector,
 )
-from tests.support.examples import curl_example, python_example
+from tests.support.examples import curl_example, openai_example, python_example
 
 QUERIES = ["how do i freeze my card", "what is my balance", "book a table for two at 7"]
 
@@ -119,13 +119,7 @@ def test_documentation_examples_as_published(gateway: GatewayServer) -> None:
     np.testing.assert_allclose(embeddings[0], expected(["Your text to embed here"])[0], rtol=1e-6)
     assert response.json()["data"][0]["embedding"] == embeddings[0]
 
-    client = OpenAI(api_key=key, base_url=f"http://{host}/v2")
-    response2 = client.embeddings.create(
-        model="intent-embed",
-        input="I want to use the intent embeddings api",
-        encoding_format="float",
-    )
-    assert len(response2.data[0].embedding) == 384
+    assert len(openai_example(host, key)) == 384
 
 
 def test_raw_base64_is_little_endian_float32(gateway: GatewayServer) -> None:

@@ -14,7 +14,7 @@ import pytest
 import requests
 from openai import OpenAI
 
-from devstack.probes import free_port, wait_serving
+from devstack.probes import free_port, stop_process, wait_serving
 from tests.gateway.harness import GOOD_KEY, Fakes, GatewayServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,12 +41,7 @@ def real_embed_addr() -> Iterator[str]:
         wait_serving(addr, proc, within_s=120)
         yield addr
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -32,3 +32,16 @@ def python_example(host: str, key: str, timeout: float = 60) -> requests.Respons
     }
     data = {"input": "Your text to embed here", "model": "intent-embed"}
     return requests.post(url, json=data, headers=headers, timeout=timeout)
+
+
+def openai_example(host: str, key: str) -> list[float]:
+    """The documented `openai` client call; the one vector it returns."""
+    from openai import OpenAI
+
+    client = OpenAI(api_key=key, base_url=f"http://{host}/v2")
+    response = client.embeddings.create(
+        model="intent-embed",
+        input="I want to use the intent embeddings api",
+        encoding_format="float",
+    )
+    return list(response.data[0].embedding)
