@@ -18,6 +18,7 @@ from devstack import probes
 from embed_service.settings import Settings
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc
 from tests.support.clinc150 import REPO_ROOT
+from tests.support.waiting import until
 
 
 def test_help_lists_every_setting_with_env_var() -> None:
@@ -71,7 +72,8 @@ def test_sigterm_drains_in_flight_calls_and_exits_zero(
                 time.sleep(0.02)
             assert not any(c.done() for c in calls), "calls finished before the signal"
             process.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
+            # Draining begins with health NOT_SERVING: from then on a new call must be refused.
+            until(lambda: not probes.grpc_serving(address), within_s=10, what="NOT_SERVING")
             try:
                 stub.Embed(embed_pb2.EmbedRequest(inputs=["late"]), timeout=10)
                 raise AssertionError("a call that arrived while draining was answered")

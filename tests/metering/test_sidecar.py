@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from devstack.probes import NotReady, free_port, wait_serving
+from devstack.probes import NotReady, free_port, grpc_serving, wait_serving
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 from tests.support.clinc150 import REPO_ROOT
 from tests.support.fake_metering import METERING_SERVICE, FakeMetering, FakeServer
@@ -289,7 +289,9 @@ async def test_sigterm_forwards_the_spool_then_exits(
     central.ledger.delay_s = 0.1  # 8 slow batches: the drain takes a while
     await central.start()
     sidecar.signal(signal.SIGTERM)
-    await asyncio.sleep(0.2)
+    # Draining begins with health NOT_SERVING: from then on a new call must be refused.
+    address = f"127.0.0.1:{sidecar.port}"
+    await eventually(lambda: not grpc_serving(address, METERING_SERVICE), within_s=10)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await sidecar.record(event("late"))
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
