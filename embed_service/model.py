@@ -117,7 +117,6 @@ class EmbeddingModel:
         dtype: str = "auto",
         num_threads: int = 0,
         unpadded: bool = True,
-        packed: bool | None = None,
     ) -> EmbeddingModel:
         """Loads a local model directory, or an adapter directory merged into its base
         (`embed_service.adapter`); never touches the network.
@@ -125,10 +124,7 @@ class EmbeddingModel:
         `unpadded` runs BERT encoders on the unpadded path (`embed_service.unpadded`); False,
         or a model that path does not cover, runs transformers' padded forward. `model` stays
         the float32 transformers module on the unpadded path (training code uses it directly).
-        `packed` is the former name of `unpadded`, still passed by `intent_model.train`.
         """
-        if packed is not None:
-            unpadded = packed
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         if num_threads > 0:

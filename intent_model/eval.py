@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
+from intent_embed.logs import configure_logging
 from intent_model.data import base_model_dir, default_data_path, default_pretrain_path
 from intent_model.encoders import Encoder, LocalEncoder, ServiceEncoder
 from intent_model.report import evaluate_models, results_table
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     encoders: dict[str, Encoder] = {}

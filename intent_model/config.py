@@ -1,0 +1,86 @@
+"""`TrainConfig`: every knob of a training run, with the help text its command-line flag shows
+(`intent_model.cli` derives the parser from it). The defaults are the recipe of the shipped
+adapter; a run records its config verbatim in metrics.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intent_model.holdout import Holdout
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run; recorded verbatim in metrics.json and the model card."""
+
+    out: Path = field(default=Path("models/intent-embed"), metadata={"help": "output directory"})
+    base: Path | None = field(
+        default=None, metadata={"help": "base model directory (default: packaged MiniLM)"}
+    )
+    clinc: Path | None = field(default=None, metadata={"help": "CLINC150 data_full.json"})
+    pretrain: Path | None = field(
+        default=None, metadata={"help": "intent pretraining directory (train.txt, val.txt)"}
+    )
+    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
+    lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+    rank: int = field(default=16, metadata={"help": "adapter rank"})
+    alpha: float = field(
+        default=32.0, metadata={"help": "adapter scale numerator (scale alpha/rank)"}
+    )
+    batch_intents: int = field(default=32, metadata={"help": "intents per batch (P)"})
+    per_intent: int = field(default=4, metadata={"help": "utterances per intent (K)"})
+    names: bool = field(default=True, metadata={"help": "add each intent's name as a positive"})
+    clinc_share: float = field(default=0.4, metadata={"help": "share of batches from CLINC150"})
+    intent_power: float = field(
+        default=0.5, metadata={"help": "intent drawn with weight size**power within a source"}
+    )
+    hard_share: float = field(
+        default=0.0,
+        metadata={"help": "share of each batch filled with neighbourhoods of confusable intents"},
+    )
+    neighbourhood: int = field(
+        default=4, metadata={"help": "intents per neighbourhood (an intent and its nearest)"}
+    )
+    temperature: float = field(default=0.05, metadata={"help": "contrastive temperature"})
+    preserve: float = field(
+        default=100.0, metadata={"help": "weight of the geometry-preserving term (0: off)"}
+    )
+    dims: list[int] = field(
+        default_factory=lambda: [384, 256, 128, 64],
+        metadata={"help": "Matryoshka widths trained (the full width first)"},
+    )
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the adapters' inputs"})
+    warmup: float = field(default=0.1, metadata={"help": "share of steps warming up"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_length: int = field(default=48, metadata={"help": "tokens per utterance in training"})
+    holdout: str = field(
+        default="none",
+        metadata={"help": "leave-out check: none | clinc-domains | pretrain-intents | clinc150"},
+    )
+    holdout_domains: list[str] = field(
+        default_factory=lambda: ["banking", "travel", "small_talk"],
+        metadata={"help": "CLINC150 domains left out by --holdout clinc-domains"},
+    )
+    holdout_share: float = field(
+        default=0.2, metadata={"help": "share of pretraining intents left out (pretrain-intents)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seed of batches, initialisation, holdout"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda when present), cpu, cuda"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch default)"})
+    cache: Path | None = field(
+        default=Path(".data/cache"),
+        metadata={"help": "where the base model's vectors of the training data are kept"},
+    )
+    evaluate: bool = field(
+        default=True, metadata={"help": "evaluate the written adapter and the base after training"}
+    )
+
+    def holdout_spec(self) -> Holdout:
+        return Holdout(self.holdout, tuple(self.holdout_domains), self.holdout_share, self.seed)
+
+
+def config_record(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as metrics.json records it (paths as strings)."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
