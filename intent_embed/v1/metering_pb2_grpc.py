@@ -49,6 +49,16 @@ class MeteringServiceStub:
                 request_serializer=intent__embed_dot_v1_dot_metering__pb2.GetUsageRequest.SerializeToString,
                 response_deserializer=intent__embed_dot_v1_dot_metering__pb2.GetUsageResponse.FromString,
                 _registered_method=True)
+        self.CreateBillingSetup = channel.unary_unary(
+                '/intent_embed.v1.MeteringService/CreateBillingSetup',
+                request_serializer=intent__embed_dot_v1_dot_metering__pb2.CreateBillingSetupRequest.SerializeToString,
+                response_deserializer=intent__embed_dot_v1_dot_metering__pb2.CreateBillingSetupResponse.FromString,
+                _registered_method=True)
+        self.ApplyStripeEvent = channel.unary_unary(
+                '/intent_embed.v1.MeteringService/ApplyStripeEvent',
+                request_serializer=intent__embed_dot_v1_dot_metering__pb2.ApplyStripeEventRequest.SerializeToString,
+                response_deserializer=intent__embed_dot_v1_dot_metering__pb2.ApplyStripeEventResponse.FromString,
+                _registered_method=True)
 
 
 class MeteringServiceServicer:
@@ -76,6 +86,24 @@ class MeteringServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateBillingSetup(self, request, context):
+        """Where the org's user adds or changes its payment method: a Stripe Checkout Session in
+        setup mode, or a Billing Portal session once the org has a payment method. The Stripe
+        customer is created on first use. Stripe not configured: FAILED_PRECONDITION with the
+        ErrorInfo reason STRIPE_NOT_CONFIGURED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyStripeEvent(self, request, context):
+        """Verifies one Stripe webhook delivery (its signature) and applies the event once per event
+        id. Bad signature or body: INVALID_ARGUMENT with the reason BAD_SIGNATURE, nothing changed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeteringServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +121,16 @@ def add_MeteringServiceServicer_to_server(servicer, server):
                     servicer.GetUsage,
                     request_deserializer=intent__embed_dot_v1_dot_metering__pb2.GetUsageRequest.FromString,
                     response_serializer=intent__embed_dot_v1_dot_metering__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'CreateBillingSetup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBillingSetup,
+                    request_deserializer=intent__embed_dot_v1_dot_metering__pb2.CreateBillingSetupRequest.FromString,
+                    response_serializer=intent__embed_dot_v1_dot_metering__pb2.CreateBillingSetupResponse.SerializeToString,
+            ),
+            'ApplyStripeEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyStripeEvent,
+                    request_deserializer=intent__embed_dot_v1_dot_metering__pb2.ApplyStripeEventRequest.FromString,
+                    response_serializer=intent__embed_dot_v1_dot_metering__pb2.ApplyStripeEventResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +214,60 @@ class MeteringService:
             '/intent_embed.v1.MeteringService/GetUsage',
             intent__embed_dot_v1_dot_metering__pb2.GetUsageRequest.SerializeToString,
             intent__embed_dot_v1_dot_metering__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBillingSetup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/intent_embed.v1.MeteringService/CreateBillingSetup',
+            intent__embed_dot_v1_dot_metering__pb2.CreateBillingSetupRequest.SerializeToString,
+            intent__embed_dot_v1_dot_metering__pb2.CreateBillingSetupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyStripeEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/intent_embed.v1.MeteringService/ApplyStripeEvent',
+            intent__embed_dot_v1_dot_metering__pb2.ApplyStripeEventRequest.SerializeToString,
+            intent__embed_dot_v1_dot_metering__pb2.ApplyStripeEventResponse.FromString,
             options,
             channel_credentials,
             insecure,
