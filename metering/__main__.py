@@ -98,6 +98,11 @@ def _run_central(command: str, settings: Settings, *, once: bool) -> int:
             "event=stripe_off reason=METERING_STRIPE_API_KEY is empty, charges are "
             "computed and stay pending"
         )
+    elif not settings.stripe_webhook_secret:
+        log.warning(
+            "event=stripe_webhooks_off reason=METERING_STRIPE_WEBHOOK_SECRET is empty, "
+            "self-service billing (payment-method setup, Stripe webhooks) is off"
+        )
     if command == "billing":
         return _billing(billing, settings, once=once)
     from metering.ledger import Ledger

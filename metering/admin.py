@@ -11,7 +11,6 @@ import argparse
 import datetime as dt
 import json
 import sys
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -20,9 +19,10 @@ from sqlalchemy.exc import OperationalError, ProgrammingError
 from metering.database import make_engine
 from metering.errors import LedgerError
 from metering.ledger import Ledger
-from metering.models import STATE_NO_PAYMENT_METHOD, Charge, Org
+from metering.models import Charge, Org
 from metering.reports import UsageReport
 from metering.settings import Settings
+from metering.standing import state_of
 
 _COMMANDS: list[tuple[str, str, list[tuple[str, dict[str, Any]]]]] = [
     ("create-org", "create an org; prints its id", [
@@ -192,7 +192,8 @@ def org_as_dict(org: Org) -> dict[str, Any]:
         "org_id": org.id,
         "name": org.name,
         "stripe_customer_id": org.stripe_customer_id or "",
-        "billing_state": org.billing_state if org.stripe_customer_id else STATE_NO_PAYMENT_METHOD,
+        "payment_method_id": org.payment_method_id or "",
+        "billing_state": state_of(org),
         "created_at": org.created_at.isoformat(),
     }
 
@@ -217,10 +218,6 @@ def charge_as_dict(charge: Charge) -> dict[str, Any]:
 
 
 def usage_as_dict(report: UsageReport) -> dict[str, Any]:
-    per_project: dict[str, dict[str, int]] = defaultdict(lambda: {"tokens": 0, "requests": 0})
-    for b in report.buckets:
-        per_project[b.project_id]["tokens"] += b.tokens
-        per_project[b.project_id]["requests"] += b.requests
     return {
         "org_id": report.org_id,
         "org_name": report.org_name,
@@ -232,7 +229,9 @@ def usage_as_dict(report: UsageReport) -> dict[str, Any]:
         "billing_state": report.billing.state,
         "billing_ok": report.billing.ok,
         "billing_message": report.billing.message,
-        "per_project": dict(per_project),
+        "per_project": {
+            p.project_id: {"tokens": p.tokens, "requests": p.requests} for p in report.projects
+        },
         "per_day": [
             {"day": b.day, "project_id": b.project_id, "tokens": b.tokens, "requests": b.requests}
             for b in report.buckets

@@ -3,12 +3,12 @@ exactly once.
 
 A run (every ``METERING_BILL_INTERVAL_S`` in the service, or ``admin bill-now``) does two steps:
 
-1. For each org with a Stripe customer, no pending charge and no retry pause: if
-   ``owed_dollars(total_tokens)`` exceeds what succeeded and pending charges cover by k > 0,
-   commit a *pending* charge row of 100*k cents with sequence number n+1 and idempotency key
-   ``<org id>-<n+1>``. The unique (org, seq) key, ``FOR UPDATE SKIP LOCKED`` on the org row
-   (PostgreSQL) and SQLite's single writer mean two workers never create two charges for the
-   same dollars.
+1. For each org with a Stripe customer and a payment method, no pending charge and no retry
+   pause: if ``owed_dollars(total_tokens)`` exceeds what succeeded and pending charges cover by
+   k > 0, commit a *pending* charge row of 100*k cents with sequence number n+1 and idempotency
+   key ``<org id>-<n+1>``, for the org's payment method of that moment. The unique (org, seq)
+   key, ``FOR UPDATE SKIP LOCKED`` on the org row (PostgreSQL) and SQLite's single writer mean
+   two workers never create two charges for the same dollars.
 2. Every due pending charge (new ones and ones left by a crash) is sent to Stripe as a
    confirmed off-session PaymentIntent carrying its own ``Idempotency-Key``, so a resend after a
    crash gets Stripe's first answer back instead of a second payment. On PostgreSQL the charge
@@ -21,7 +21,9 @@ A run (every ``METERING_BILL_INTERVAL_S`` in the service, or ``admin bill-now``)
 - network errors, timeouts, 429 and 5xx: the SDK retries with the same key; if that fails the
   row stays pending with the error and a backoff, and is resent later with the same key.
 
-Without ``METERING_STRIPE_API_KEY`` charges are computed and stay pending; the log says so.
+What each answer does to the charge and the org is :mod:`metering.settlement`, shared with
+the webhooks that report an intent's outcome later (:mod:`metering.webhooks`). Without
+``METERING_STRIPE_API_KEY`` charges are computed and stay pending; the log says so.
 """
 
 from __future__ import annotations
@@ -41,8 +43,7 @@ from metering.models import (
     CHARGE_FAILED,
     CHARGE_PENDING,
     CHARGE_SUCCEEDED,
-    STATE_OK,
-    STATE_PAST_DUE,
+    STATE_NO_PAYMENT_METHOD,
     Charge,
     Org,
     UsageDaily,
@@ -50,7 +51,8 @@ from metering.models import (
 )
 from metering.pricing import owed_dollars
 from metering.settings import Settings
-from metering.standing import charged_dollars, total_tokens
+from metering.settlement import RetryPolicy, settle
+from metering.standing import charged_dollars, has_payment_method, total_tokens
 from metering.stripe_charges import Outcome, StripeCharges
 
 log = logging.getLogger("metering.billing")
@@ -68,6 +70,10 @@ class BillingConfig:
     stripe_max_retries: int = 2
     retry_base_s: float = 30.0
     retry_max_s: float = 6 * 3600.0
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return RetryPolicy(self.retry_base_s, self.retry_max_s)
 
 
 def config_from(settings: Settings) -> BillingConfig:
@@ -101,10 +107,6 @@ def idempotency_key(org_id: str, seq: int) -> str:
     return f"{org_id}-{seq}"
 
 
-def _backoff(base_s: float, max_s: float, failures: int) -> dt.timedelta:
-    return dt.timedelta(seconds=min(max_s, base_s * 2 ** max(0, failures - 1)))
-
-
 class BillingWorker:
     """One billing worker; any number may run at once against the same ledger."""
 
@@ -133,6 +135,7 @@ class BillingWorker:
                 session.exec(
                     select(Org.id)
                     .where(col(Org.stripe_customer_id).is_not(None))
+                    .where(Org.billing_state != STATE_NO_PAYMENT_METHOD)
                     .order_by(col(Org.id))
                 ).all()
             )
@@ -158,8 +161,8 @@ class BillingWorker:
                 if self._postgres:
                     query = query.with_for_update(skip_locked=True)
                 org = session.exec(query).first()
-                if org is None or not org.stripe_customer_id:
-                    return None  # another worker holds this org right now
+                if org is None or not org.stripe_customer_id or not has_payment_method(org):
+                    return None  # another worker holds this org, or its card went away
                 if org.billing_retry_at is not None and org.billing_retry_at > now:
                     return None
                 charge = self._next_charge(session, org, org.stripe_customer_id, now)
@@ -208,6 +211,7 @@ class BillingWorker:
             amount_cents=100 * k,
             currency="usd",
             customer_id=customer_id,
+            payment_method_id=org.payment_method_id,
             tokens_from=tokens_from,
             tokens_to=tokens,
             metadata_json=json.dumps(metadata, sort_keys=True),
@@ -320,59 +324,7 @@ class BillingWorker:
         return self._stripe.attempt(charge)
 
     def _apply(self, session: Session, charge: Charge, outcome: Outcome) -> str:
-        now = utcnow()
         charge.attempts += 1
-        charge.updated_at = now
-        charge.stripe_payment_intent_id = outcome.intent_id or charge.stripe_payment_intent_id
-        charge.stripe_status = outcome.status or charge.stripe_status
-        charge.error = outcome.error[:2000] if outcome.error else None
-        org = session.get(Org, charge.org_id)
-        if outcome.state == CHARGE_SUCCEEDED:
-            charge.state = CHARGE_SUCCEEDED
-            charge.next_attempt_at = None
-            if org is not None:
-                org.billing_state = STATE_OK
-                org.billing_failures = 0
-                org.billing_retry_at = None
-            log.info(
-                "event=charge_succeeded org=%s seq=%d key=%s amount_cents=%d pi=%s",
-                charge.org_id,
-                charge.seq,
-                charge.idempotency_key,
-                charge.amount_cents,
-                charge.stripe_payment_intent_id,
-            )
-        elif outcome.state == CHARGE_PENDING:
-            delay = _backoff(self.config.retry_base_s, self.config.retry_max_s, charge.attempts)
-            charge.next_attempt_at = now + delay
-            log.warning(
-                "event=charge_retry_later org=%s seq=%d key=%s attempts=%d delay_s=%.0f error=%s",
-                charge.org_id,
-                charge.seq,
-                charge.idempotency_key,
-                charge.attempts,
-                delay.total_seconds(),
-                outcome.error,
-            )
-        else:
-            charge.state = CHARGE_FAILED
-            if org is not None:
-                org.billing_state = STATE_PAST_DUE
-                org.billing_failures += 1
-                org.billing_retry_at = now + _backoff(
-                    self.config.retry_base_s, self.config.retry_max_s, org.billing_failures
-                )
-            log.warning(
-                "event=charge_failed org=%s seq=%d key=%s amount_cents=%d error=%s",
-                charge.org_id,
-                charge.seq,
-                charge.idempotency_key,
-                charge.amount_cents,
-                outcome.error,
-            )
-        if org is not None:
-            session.add(org)
-        session.add(charge)
+        state = settle(session, charge, outcome, self.config.retry, utcnow())
         session.commit()
-        return charge.state
-
+        return state

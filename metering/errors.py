@@ -6,7 +6,12 @@ CLI prints them.
 
 from __future__ import annotations
 
-from intent_embed.rich_status import UNKNOWN_ORG
+from intent_embed.rich_status import (
+    BAD_SIGNATURE,
+    STRIPE_NOT_CONFIGURED,
+    STRIPE_UNAVAILABLE,
+    UNKNOWN_ORG,
+)
 
 
 class LedgerError(Exception):
@@ -36,3 +41,24 @@ class NotFound(LedgerError):
 
 class Unauthenticated(LedgerError):
     """Unknown, malformed or revoked API key."""
+
+
+class StripeNotConfigured(LedgerError):
+    """Self-service billing asked for, but Stripe's key or webhook secret is not set
+    (gRPC FAILED_PRECONDITION)."""
+
+    reason = STRIPE_NOT_CONFIGURED
+
+
+class BadSignature(LedgerError):
+    """A webhook delivery whose Stripe-Signature does not verify, or whose body is not a Stripe
+    event (gRPC INVALID_ARGUMENT); nothing was changed."""
+
+    reason = BAD_SIGNATURE
+
+
+class StripeUnavailable(LedgerError):
+    """Stripe did not answer a call self-service billing needs; retrying later may work (gRPC
+    UNAVAILABLE)."""
+
+    reason = STRIPE_UNAVAILABLE

@@ -34,9 +34,15 @@ class Ledger:
         return accounts.authenticate(self.engine, api_key, self.max_unpaid_usd)
 
     def usage(
-        self, org_id: str, project_id: str = "", since: dt.datetime | None = None
+        self,
+        org_id: str,
+        project_id: str = "",
+        since: dt.datetime | None = None,
+        period: reports.DateRange | None = None,
     ) -> reports.UsageReport:
-        return reports.usage_report(self.engine, org_id, self.max_unpaid_usd, project_id, since)
+        return reports.usage_report(
+            self.engine, org_id, self.max_unpaid_usd, project_id, since, period
+        )
 
     def list_charges(self, org_id: str) -> list[Charge]:
         return reports.list_charges(self.engine, org_id)

@@ -1,5 +1,5 @@
 """The ledger's tables (SQLModel): orgs, projects, API keys, usage events, running totals,
-per-day usage and Stripe charges.
+per-day usage, Stripe charges and the Stripe webhook events already applied.
 
 Tokens and money are integers (BIGINT). Times are timezone-aware UTC datetimes. The schema is
 created and evolved by the Alembic migrations in :mod:`metering.migrations`; these classes are
@@ -15,7 +15,9 @@ from sqlmodel import Field, SQLModel
 
 from intent_embed.usage_events import MAX_EVENT_ID_CHARS, MAX_ID_CHARS, MAX_MODEL_CHARS
 
-# Billing states an org can be in; "no_payment_method" is derived (no Stripe customer).
+# Billing states an org can be in. "no_payment_method" is stored for an org whose customer
+# was created by self-service setup (or whose payment method was detached) and derived for
+# an org without a Stripe customer at all.
 STATE_OK = "ok"
 STATE_PAST_DUE = "past_due"
 STATE_NO_PAYMENT_METHOD = "no_payment_method"
@@ -36,7 +38,10 @@ class Org(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=40)
     name: str = Field(max_length=200)
-    stripe_customer_id: str | None = Field(default=None, max_length=200)
+    stripe_customer_id: str | None = Field(default=None, index=True, max_length=200)
+    # The payment method a Stripe webhook reported set up (None for a customer an operator
+    # attached: its payment method was set up outside, at Stripe).
+    payment_method_id: str | None = Field(default=None, max_length=200)
     billing_state: str = Field(default=STATE_OK, max_length=40)
     # After a decline or Stripe error, no new charge is attempted before this time.
     billing_retry_at: dt.datetime | None = None
@@ -117,6 +122,9 @@ class Charge(SQLModel, table=True):
     amount_cents: int = Field(sa_type=BigInteger)
     currency: str = Field(default="usd", max_length=3)
     customer_id: str = Field(max_length=200)
+    # The org's payment method when the charge was created: fixed, so every resend sends the
+    # same body under the same idempotency key (None: the customer's default at Stripe).
+    payment_method_id: str | None = Field(default=None, max_length=200)
     # Cumulative tokens / owed dollars this charge brings the org up to (its token range ends
     # here; it starts where the previous covering charge ended).
     tokens_from: int = Field(default=0, sa_type=BigInteger)
@@ -133,3 +141,18 @@ class Charge(SQLModel, table=True):
     next_attempt_at: dt.datetime | None = None
     created_at: dt.datetime = Field(default_factory=utcnow)
     updated_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class StripeEvent(SQLModel, table=True):
+    """A Stripe webhook event already applied: its id is the key that makes a redelivery,
+    or a second delivery racing the first, change nothing."""
+
+    __tablename__ = "stripe_events"
+
+    id: str = Field(primary_key=True, max_length=255)
+    type: str = Field(max_length=100)
+    # What applying it did ("ignored" for types metering does not act on) and to which org.
+    outcome: str = Field(max_length=40)
+    org_id: str | None = Field(default=None, max_length=40)
+    stripe_created: dt.datetime | None = None
+    applied_at: dt.datetime = Field(default_factory=utcnow)

@@ -1,6 +1,7 @@
 """Wiring of the central metering service: the MeteringService gRPC servicer (RecordUsage with
-group commit, Authenticate, GetUsage), its Prometheus metrics, the in-process billing loop and
-the SIGTERM drain, on the shared server scaffold (:mod:`intent_embed.grpc_server`).
+group commit, Authenticate, GetUsage, and self-service billing's CreateBillingSetup and
+ApplyStripeEvent), its Prometheus metrics, the in-process billing loop and the SIGTERM drain,
+on the shared server scaffold (:mod:`intent_embed.grpc_server`).
 
 ``start_server`` takes its dependencies (ledger, settings, metrics) as arguments so tests start
 it in-process on ``127.0.0.1:0`` and talk to it through a real channel.
@@ -13,21 +14,34 @@ import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from intent_embed.grpc_server import GrpcServer, abort, until_signalled
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
-from metering.errors import InvalidUsage, LedgerError, NotFound, Unauthenticated, UnknownOrg
+from metering.billing_setup import SelfService, self_service_from
+from metering.errors import (
+    BadSignature,
+    InvalidUsage,
+    LedgerError,
+    NotFound,
+    StripeNotConfigured,
+    StripeUnavailable,
+    Unauthenticated,
+    UnknownOrg,
+)
 from metering.group_commit import GroupCommitter
 from metering.ledger import Ledger
 from metering.models import utcnow
+from metering.reports import Bucket, ProjectUsage, UsageReport, parse_range
 from metering.settings import Settings
 from metering.usage import Event, validate_events
 
 log = logging.getLogger("metering.server")
+
+ResultT = TypeVar("ResultT")
 
 SERVICE_NAME = metering_pb2.DESCRIPTOR.services_by_name["MeteringService"].full_name
 
@@ -89,6 +103,9 @@ _CODES: list[tuple[type[LedgerError], grpc.StatusCode]] = [
     (UnknownOrg, grpc.StatusCode.FAILED_PRECONDITION),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (StripeNotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
+    (StripeUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (BadSignature, grpc.StatusCode.INVALID_ARGUMENT),
     (LedgerError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
 
@@ -100,11 +117,51 @@ def status_of(error: LedgerError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def _usage_reply(report: UsageReport) -> metering_pb2.GetUsageResponse:
+    def cost(amount: Bucket | ProjectUsage) -> dict[str, int]:
+        return {
+            "tokens": amount.tokens,
+            "requests": amount.requests,
+            "cost_nanodollars": amount.cost_nanodollars,
+        }
+
+    return metering_pb2.GetUsageResponse(
+        org_id=report.org_id,
+        org_name=report.org_name,
+        total_tokens=report.total_tokens,
+        total_requests=report.total_requests,
+        total_cost_nanodollars=report.total_cost_nanodollars,
+        owed_dollars=report.owed_dollars,
+        charged_dollars=report.charged_dollars,
+        pending_dollars=report.pending_dollars,
+        billing_state=report.billing.state,
+        billing_ok=report.billing.ok,
+        billing_message=report.billing.message,
+        has_payment_method=report.has_payment_method,
+        buckets=[
+            metering_pb2.UsageBucket(day=b.day, project_id=b.project_id, **cost(b))
+            for b in report.buckets
+        ],
+        days=[metering_pb2.DayUsage(day=d.day, **cost(d)) for d in report.days],
+        projects=[
+            metering_pb2.ProjectUsage(project_id=p.project_id, name=p.name, **cost(p))
+            for p in report.projects
+        ],
+    )
+
+
 class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
-    def __init__(self, ledger: Ledger, committer: GroupCommitter, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        committer: GroupCommitter,
+        metrics: Metrics,
+        self_service: SelfService,
+    ) -> None:
         self._ledger = ledger
         self._committer = committer
         self._metrics = metrics
+        self._self_service = self_service
 
     async def _fail(
         self,
@@ -179,6 +236,25 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             billing_message=info.billing.message,
         )
 
+    async def _in_thread(
+        self, context: grpc.aio.ServicerContext, method: str, call: Callable[[], ResultT]
+    ) -> ResultT:
+        """Runs a ledger operation off the event loop. Its LedgerError ends the call with the
+        error's status; any other failure (the database, say) with UNAVAILABLE."""
+        try:
+            result = await asyncio.to_thread(call)
+        except LedgerError as exc:
+            code = status_of(exc)
+            log.info("event=call_refused method=%s code=%s reason=%s", method, code.name, exc)
+            await self._fail(context, method, code, str(exc), exc)
+        except Exception as exc:
+            log.error("event=call_failed method=%s error=%r", method, exc)
+            await self._fail(
+                context, method, grpc.StatusCode.UNAVAILABLE, "the ledger is unavailable; retry"
+            )
+        self._metrics.requests.labels(method, "OK").inc()
+        return result
+
     async def GetUsage(
         self, request: metering_pb2.GetUsageRequest, context: grpc.aio.ServicerContext
     ) -> metering_pb2.GetUsageResponse:
@@ -187,27 +263,40 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
                 context, "GetUsage", grpc.StatusCode.INVALID_ARGUMENT, "org_id is empty"
             )
         since = request.since.ToDatetime(tzinfo=dt.UTC) if request.HasField("since") else None
-        try:
-            report = await asyncio.to_thread(
-                self._ledger.usage, request.org_id, request.project_id, since
-            )
-        except LedgerError as exc:
-            await self._fail(context, "GetUsage", status_of(exc), str(exc), exc)
-        self._metrics.requests.labels("GetUsage", "OK").inc()
-        return metering_pb2.GetUsageResponse(
-            org_id=report.org_id,
-            total_tokens=report.total_tokens,
-            total_requests=report.total_requests,
-            owed_dollars=report.owed_dollars,
-            charged_dollars=report.charged_dollars,
-            pending_dollars=report.pending_dollars,
-            billing_state=report.billing.state,
-            buckets=[
-                metering_pb2.UsageBucket(
-                    day=b.day, project_id=b.project_id, tokens=b.tokens, requests=b.requests
-                )
-                for b in report.buckets
-            ],
+
+        def report() -> UsageReport:
+            period = parse_range(request.start_date, request.end_date)
+            return self._ledger.usage(request.org_id, request.project_id, since, period)
+
+        return _usage_reply(await self._in_thread(context, "GetUsage", report))
+
+    async def CreateBillingSetup(
+        self, request: metering_pb2.CreateBillingSetupRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.CreateBillingSetupResponse:
+        link = await self._in_thread(
+            context,
+            "CreateBillingSetup",
+            lambda: self._self_service.setup(request.org_id, request.return_url),
+        )
+        log.info("event=billing_setup org=%s kind=%s", request.org_id, link.kind)
+        return metering_pb2.CreateBillingSetupResponse(
+            url=link.url, kind=link.kind, customer_id=link.customer_id
+        )
+
+    async def ApplyStripeEvent(
+        self, request: metering_pb2.ApplyStripeEventRequest, context: grpc.aio.ServicerContext
+    ) -> metering_pb2.ApplyStripeEventResponse:
+        applied = await self._in_thread(
+            context,
+            "ApplyStripeEvent",
+            lambda: self._self_service.apply_event(request.payload, request.signature),
+        )
+        return metering_pb2.ApplyStripeEventResponse(
+            event_id=applied.event_id,
+            type=applied.type,
+            duplicate=applied.duplicate,
+            outcome=applied.outcome,
+            org_id=applied.org_id,
         )
 
 
@@ -232,7 +321,8 @@ async def start_server(
     committer = GroupCommitter(
         ledger.record_calls, max_events=settings.commit_max_events, observe=metrics.observe_group
     )
-    servicer = MeteringServicer(ledger, committer, metrics)
+    self_service = self_service_from(settings, ledger.engine)
+    servicer = MeteringServicer(ledger, committer, metrics, self_service)
     server = GrpcServer(
         SERVICE_NAME,
         lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, s),

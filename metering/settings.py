@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     )
     migrate_on_start: bool = Field(False, description="run Alembic migrations at start")
     stripe_api_key: str = Field("", description="Stripe secret key; empty: Stripe off")
+    stripe_webhook_secret: str = Field(
+        "",
+        description="signing secret of the Stripe webhook endpoint (whsec_...); empty: "
+        "webhooks and self-service payment-method setup are off",
+    )
     stripe_api_base: str = Field(
         "https://api.stripe.com", description="Stripe API base URL (tests point it elsewhere)"
     )

@@ -2,7 +2,9 @@
 
 `charged_dollars` is the one query for the dollars an org's charges cover (succeeded) or hold
 (pending); the billing worker charges what owed dollars exceed it by, and `billing_status` lets
-an org through while it has a payment method and its unpaid dollars stay within the limit.
+an org through while it has a payment method and its unpaid dollars stay within the limit. Its
+message says what is wrong in the user's terms; what to do about it is the caller's to add (the
+gateway points to its payment-method setup route, the admin CLI is for operators).
 """
 
 from __future__ import annotations
@@ -47,29 +49,35 @@ def total_tokens(session: Session, org_id: str) -> int:
     return total.tokens if total else 0
 
 
+def state_of(org: Org) -> str:
+    """The org's billing state; an org without a Stripe customer has no payment method."""
+    return org.billing_state if org.stripe_customer_id else STATE_NO_PAYMENT_METHOD
+
+
+def has_payment_method(org: Org) -> bool:
+    """Whether charges can be sent for the org (a customer an operator attached counts)."""
+    return state_of(org) != STATE_NO_PAYMENT_METHOD
+
+
 def billing_status(session: Session, org: Org, max_unpaid_usd: int) -> BillingStatus:
-    """Whether the org may use the API now, and if not, the message that says how to fix it."""
-    if not org.stripe_customer_id:
+    """Whether the org may use the API now, and if not, what stands in the way."""
+    if not has_payment_method(org):
         return BillingStatus(
-            False,
-            STATE_NO_PAYMENT_METHOD,
-            f"org {org.id} has no payment method: attach a Stripe customer with "
-            f"`python -m metering admin attach-stripe --org {org.id} --customer cus_...`",
+            False, STATE_NO_PAYMENT_METHOD, f"Organization {org.id} has no payment method."
         )
     unpaid = owed_dollars(total_tokens(session, org.id)) - charged_dollars(session, org.id)
     over = unpaid > max_unpaid_usd
     if org.billing_state == STATE_PAST_DUE:
         message = (
-            f"org {org.id} is past due: the last charge to Stripe customer "
-            f"{org.stripe_customer_id} failed; update its card (unpaid ${unpaid}, "
-            f"limit ${max_unpaid_usd})"
+            f"Organization {org.id} is past due: the last charge to its payment method failed "
+            f"(${unpaid} unpaid, limit ${max_unpaid_usd})."
         )
         return BillingStatus(not over, STATE_PAST_DUE, message)
     if over:
         return BillingStatus(
             False,
             STATE_OK,
-            f"org {org.id} has ${unpaid} unpaid, over the ${max_unpaid_usd} limit: "
-            "wait for pending charges to be paid or check the org's Stripe customer",
+            f"Organization {org.id} has ${unpaid} unpaid, over the ${max_unpaid_usd} limit, "
+            "until its pending charges are paid.",
         )
     return BillingStatus(True, STATE_OK, "")

@@ -1,9 +1,10 @@
 """Sending one charge to Stripe and classifying what came back.
 
-A charge goes out as a confirmed off-session PaymentIntent carrying the charge's own
-``Idempotency-Key``, so a resend after a crash gets Stripe's first answer back instead of a
-second payment; an intent still processing is asked for again. The outcome says which state the
-charge row moves to; the billing worker (:mod:`metering.billing`) writes it.
+A charge goes out as a confirmed off-session PaymentIntent (for the org's payment method when
+one was set up through Stripe) carrying the charge's own ``Idempotency-Key``, so a resend
+after a crash gets Stripe's first answer back instead of a second payment; an intent still
+processing is asked for again. The outcome says which state the charge row moves to; the
+billing worker (:mod:`metering.billing`) writes it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import stripe
 
 from metering.models import CHARGE_FAILED, CHARGE_PENDING, CHARGE_SUCCEEDED, Charge
+from metering.stripe_api import stripe_client
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,7 @@ class StripeCharges:
     """The Stripe client of one billing worker (the real SDK, pointed at `api_base`)."""
 
     def __init__(self, api_key: str, api_base: str, max_retries: int, timeout_s: float) -> None:
-        self._client = stripe.StripeClient(
-            api_key,
-            base_addresses={"api": api_base},
-            max_network_retries=max_retries,
-            http_client=stripe.RequestsClient(timeout=timeout_s),
-        )
+        self._client = stripe_client(api_key, api_base, max_retries, timeout_s)
 
     def attempt(self, charge: Charge) -> Outcome:
         try:
@@ -87,11 +84,14 @@ class StripeCharges:
             "description": f"intent-embed usage, charge {charge.seq}",
             "metadata": json.loads(charge.metadata_json),
         }
+        if charge.payment_method_id:
+            # A payment method set up through Checkout: PaymentIntents do not fall back to the
+            # customer's invoice default, so name it.
+            params["payment_method"] = charge.payment_method_id
         return self._client.v1.payment_intents.create(
             params,  # type: ignore[arg-type]
             options={"idempotency_key": charge.idempotency_key},
         )
-
 
 
 def _intent_id_of(exc: stripe.StripeError) -> str | None:

@@ -3,10 +3,12 @@
 It implements what the billing worker touches: customers and PaymentIntents (create with
 confirm, retrieve), Stripe's Idempotency-Key semantics (same key and same body: the first
 answer replayed; same key, other body: an idempotency error), and scripted faults for the next
-PaymentIntent creations: card declines, HTTP 500 before anything happens, and slow answers
-(the intent is created first, the answer comes late: a client that gives up or dies has still
-been charged). Every request is recorded for assertions. Run it in a thread
-(``FakeStripe().start()``) or as a process (``python -m tests.fakes.fake_stripe --port N``).
+PaymentIntent creations: card declines, HTTP 500 before anything happens, slow answers (the
+intent is created first, the answer comes late: a client that gives up or dies has still been
+charged) and intents left processing (their end comes later, by webhook). Self-service billing
+(Checkout, Billing Portal, SetupIntents, PaymentMethods, signed webhook delivery) is
+:mod:`tests.fakes.fake_stripe_billing`. Every request is recorded for assertions. Run it in a
+thread (``FakeStripe().start()``) or as a process (``python -m tests.fakes.fake_stripe``).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl
+
+from tests.fakes.fake_stripe_billing import BillingObjects
 
 
 @dataclass
@@ -41,20 +46,21 @@ class _Stored:
 
 
 def _nest(pairs: list[tuple[str, str]]) -> dict[str, Any]:
-    """Stripe's form encoding (metadata[k]=v) back into nested dicts."""
+    """Stripe's form encoding (a[b][c]=v) back into nested dicts."""
     out: dict[str, Any] = {}
     for key, value in pairs:
-        if "[" in key and key.endswith("]"):
-            outer, inner = key[:-1].split("[", 1)
-            out.setdefault(outer, {})[inner] = value
-        else:
-            out[key] = value
+        head, *rest = key.replace("]", "").split("[")
+        node = out
+        for name in [head, *rest][:-1]:
+            node = node.setdefault(name, {})
+        node[[head, *rest][-1]] = value
     return out
 
 
 @dataclass
-class FakeStripe:
-    """The fake API; `script` holds what the next PaymentIntent creations do."""
+class FakeStripe(BillingObjects):
+    """The fake API; `script` holds what the next PaymentIntent creations do, and webhook
+    events go to `webhook_url` signed with `webhook_secret`."""
 
     host: str = "127.0.0.1"
     port: int = 0
@@ -63,11 +69,16 @@ class FakeStripe:
     payment_intents: dict[str, dict[str, Any]] = field(default_factory=dict)
     customers: dict[str, dict[str, Any]] = field(default_factory=dict)
     declining_customers: set[str] = field(default_factory=set)
+    processing_customers: set[str] = field(default_factory=set)  # their intents stay processing
     delay_s: float = 0.0  # added to every PaymentIntent answer (widens race windows)
     script: deque[str] = field(default_factory=deque)
     created: threading.Event = field(default_factory=threading.Event)
+    webhook_url: str = ""
+    webhook_secret: str = "whsec_fake"
+    webhook_sink: Callable[[bytes, str], tuple[int, dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
+        self._init_billing()
         self._lock = threading.Lock()
         self._idempotent: dict[str, _Stored] = {}
         self._in_flight: set[str] = set()
@@ -105,7 +116,7 @@ class FakeStripe:
 
     def then(self, *steps: str) -> None:
         """Queues behaviours of the next PaymentIntent creations: "decline", "500",
-        "slow:<seconds>" (create, then answer late), "ok"."""
+        "slow:<seconds>" (create, then answer late), "processing" (left processing), "ok"."""
         self.script.extend(steps)
 
     def intents_for(self, customer: str) -> list[dict[str, Any]]:
@@ -121,6 +132,9 @@ class FakeStripe:
         raw = http.rfile.read(length).decode() if length else ""
         pairs = parse_qsl(raw, keep_blank_values=True)
         path = http.path.split("?", 1)[0]
+        if path.startswith(("/pay/", "/portal/")):
+            self._send_page(http, *self.page(method, path))
+            return
         key = http.headers.get("Idempotency-Key")
         record = RecordedRequest(method, path, key, _nest(pairs))
         with self._lock:
@@ -181,6 +195,9 @@ class FakeStripe:
         self, method: str, path: str, params: dict[str, Any]
     ) -> tuple[int, dict[str, Any], float, bool]:
         parts = [p for p in path.split("/") if p]
+        routed = self._route_billing(method, parts, params)
+        if routed is not None:
+            return routed
         if parts[:2] == ["v1", "customers"]:
             if method == "POST" and len(parts) == 2:
                 cus = {
@@ -216,6 +233,8 @@ class FakeStripe:
             return 400, _error("invalid_request_error", "Missing required param: amount."), 0, True
         customer = str(params.get("customer", ""))
         declined = step == "decline" or customer in self.declining_customers
+        processing = step == "processing" or customer in self.processing_customers
+        status = "processing" if processing else "succeeded"
         pi = {
             "id": "pi_" + secrets.token_hex(8),
             "object": "payment_intent",
@@ -226,7 +245,8 @@ class FakeStripe:
             "off_session": params.get("off_session") == "true",
             "metadata": params.get("metadata", {}),
             "description": params.get("description"),
-            "status": "requires_payment_method" if declined else "succeeded",
+            "payment_method": params.get("payment_method"),
+            "status": "requires_payment_method" if declined else status,
             "created": int(time.time()),
         }
         with self._lock:
@@ -265,6 +285,19 @@ class FakeStripe:
             http.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout) or died; Stripe's side is done anyway
+
+
+    @staticmethod
+    def _send_page(http: BaseHTTPRequestHandler, status: int, kind: str, content: str) -> None:
+        data = b"" if status == 303 else content.encode()
+        http.send_response(status)
+        if status == 303:
+            http.send_header("Location", content)
+        else:
+            http.send_header("Content-Type", f"{kind}; charset=utf-8")
+        http.send_header("Content-Length", str(len(data)))
+        http.end_headers()
+        http.wfile.write(data)
 
 
 def _error(kind: str, message: str) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Fixtures of the metering tests: a migrated SQLite ledger per test, a PostgreSQL ledger in
-its own schema when METERING_TEST_DATABASE_URL is set, and the gRPC server in-process."""
+its own schema when METERING_TEST_DATABASE_URL is set, the gRPC server in-process, and the fake
+Stripe API."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from metering.database import make_engine, migrate
 from metering.ledger import Ledger
 from metering.server import Metrics, start_server
 from metering.settings import Settings
+from tests.fakes.fake_stripe import FakeStripe
 from tests.metering.harness import Service
 
 PG_URL_ENV = "METERING_TEST_DATABASE_URL"
@@ -76,3 +78,11 @@ async def service(ledger: Ledger) -> AsyncIterator[Service]:
     finally:
         await channel.close()
         await running.stop(1.0)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeStripe]:
+    """The fake Stripe API on a free port (the real SDK talks to it)."""
+    server = FakeStripe().start()
+    yield server
+    server.stop()

@@ -8,49 +8,15 @@ import itertools
 import logging
 import random
 import threading
-from collections.abc import Iterator
 
 import pytest
 import stripe
 
-from metering.billing import BillingConfig, BillingWorker
 from metering.ledger import Ledger
-from metering.models import utcnow
 from metering.pricing import owed_dollars
-from metering.usage import Event, Recorded
+from metering.usage import Event
 from tests.fakes.fake_stripe import FakeStripe
-
-KEY = "sk_test_metering"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeStripe]:
-    server = FakeStripe().start()
-    yield server
-    server.stop()
-
-
-def worker(ledger: Ledger, fake: FakeStripe | None, **kw: object) -> BillingWorker:
-    config = BillingConfig(
-        stripe_api_key=KEY if fake is not None else "",
-        stripe_api_base=fake.base_url if fake is not None else "http://127.0.0.1:9",
-        stripe_timeout_s=float(kw.pop("timeout", 5.0)),  # type: ignore[arg-type]
-        stripe_max_retries=int(kw.pop("retries", 2)),  # type: ignore[call-overload]
-        retry_base_s=float(kw.pop("retry_base_s", 0.0)) or 0.001,  # type: ignore[arg-type]
-        retry_max_s=1.0,
-    )
-    return BillingWorker(ledger.engine, config)
-
-
-_counter = iter(range(10**9))
-
-
-def use(ledger: Ledger, org: str, *tokens: int, project: str = "") -> None:
-    events = [
-        Event(f"ev{next(_counter)}", org, project, "intent-embed", t, 1, utcnow()) for t in tokens
-    ]
-    (result,) = ledger.record_calls([events])
-    assert isinstance(result, Recorded) and result.recorded == len(tokens)
+from tests.metering.harness import KEY, use, worker
 
 
 def charged(ledger: Ledger, org: str) -> int:

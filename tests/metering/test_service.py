@@ -11,6 +11,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from intent_embed.rich_status import details_of
 from intent_embed.v1 import metering_pb2
 from metering.ledger import Ledger
 from tests.metering.harness import Service
@@ -154,6 +155,50 @@ async def test_usage_per_project_and_day(service: Service) -> None:
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_usage_between_dates_per_day_and_project_with_exact_costs(
+    service: Service,
+) -> None:
+    ledger = service.ledger
+    org = ledger.create_org("acme", "cus_1").id
+    web = ledger.create_project(org, "web").id
+    idle = ledger.create_project(org, "idle").id
+    day = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
+    await record(
+        service, event("a", org, 1_000_001, web, day), event("b", org, 5, "", day),
+        event("c", org, 7, web, day + dt.timedelta(days=2)),
+        event("d", org, 99, web, day - dt.timedelta(days=1)),  # before the range
+    )  # fmt: skip
+    request = metering_pb2.GetUsageRequest(
+        org_id=org, start_date="2026-11-20", end_date="2026-11-23"
+    )
+    reply = await service.stub.GetUsage(request)
+    # Every day of the range, zeros included; costs exact in nano-dollars (940 per token).
+    assert [(d.day, d.tokens, d.requests, d.cost_nanodollars) for d in reply.days] == [
+        ("2026-11-20", 1_000_006, 2, 940_005_640), ("2026-11-21", 0, 0, 0),
+        ("2026-11-22", 7, 1, 6_580), ("2026-11-23", 0, 0, 0),
+    ]  # fmt: skip
+    assert [(p.project_id, p.name, p.tokens) for p in reply.projects] == [
+        (web, "web", 1_000_008), (idle, "idle", 0), ("", "", 5),
+    ]  # fmt: skip
+    assert sum(b.cost_nanodollars for b in reply.buckets) == 940 * 1_000_013
+    assert (reply.total_tokens, reply.total_cost_nanodollars) == (1_000_112, 940 * 1_000_112)
+    assert reply.org_name == "acme" and reply.billing_ok and reply.has_payment_method
+    for bad, field in (
+        (metering_pb2.GetUsageRequest(start_date="2026-11-31"), "start_date"),
+        (metering_pb2.GetUsageRequest(end_date="11/20/2026"), "end_date"),
+        (metering_pb2.GetUsageRequest(start_date="2026-11-22", end_date="2026-11-21"),
+         "start_date"),
+        (metering_pb2.GetUsageRequest(start_date="2025-01-01", end_date="2026-11-21"),
+         "start_date"),
+        (metering_pb2.GetUsageRequest(project_id="proj_other"), "project_id"),
+    ):  # fmt: skip
+        bad.org_id = org
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await service.stub.GetUsage(bad)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+        assert details_of(info.value).field == field
+
+
 async def test_authenticate(service: Service) -> None:
     ledger: Ledger = service.ledger
     org = ledger.create_org("acme", "cus_1")
@@ -184,7 +229,9 @@ async def test_billing_ok_needs_a_customer_and_bounded_unpaid_debt(service: Serv
     reply = await service.stub.Authenticate(metering_pb2.AuthenticateRequest(api_key=key))
     assert not reply.billing_ok
     assert reply.billing_state == "no_payment_method"
-    assert "attach-stripe" in reply.billing_message
+    # Users read this message (the gateway adds how to fix it): no operator command in it.
+    assert "no payment method" in reply.billing_message
+    assert "python -m metering" not in reply.billing_message
     ledger.attach_stripe(org.id, "cus_9")
     # $51 owed and nothing paid is over the $50 limit.
     tokens = (51 * 100_000_000 + 93) // 94
