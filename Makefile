@@ -1,6 +1,7 @@
 # intent-embed: every set-up step a fresh machine needs lives here.
 #   make run    create .venv, install, start the local stack, print a working example
-#   make test   create .venv if needed, install dev dependencies, run the whole suite
+#   make test   create .venv if needed, install dev dependencies and the browser the dashboard
+#               test drives (Debian's chromium), run the whole suite
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,6 +10,11 @@ PIP    := $(PY) -m pip
 # CUDA build of several GB. On GPU images override TORCH_SPEC (or preinstall torch).
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# The dashboard's browser test drives Debian's Chromium through its ChromeDriver (the
+# chromium-driver package pulls chromium in); installed once when missing, as root (CI) or
+# through sudo. Nothing ever downloads a browser of its own.
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install run test bench protos lint train-intent intent-leaveout eval-intent clean
 
@@ -21,12 +27,17 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium chromium-driver
+
+install: $(STAMP) $(CHROMEDRIVER)
 
 run: $(STAMP)
 	$(PY) -m devstack
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest
 
 bench: $(STAMP)

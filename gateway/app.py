@@ -2,7 +2,8 @@
 
 `create_app(settings, clients)` builds an app whose lifespan opens one gRPC channel per
 upstream (through `clients`) and closes them on shutdown. The embeddings routes themselves are
-`gateway.embeddings`; here are the models, health, readiness and metrics routes and the
+`gateway.embeddings`, a user's own account routes `gateway.usage`, `gateway.billing` and
+`gateway.dashboard`; here are the models, health, readiness and metrics routes and the
 handlers that give every error OpenAI's body.
 """
 
@@ -16,13 +17,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from gateway import dashboard
+from gateway.api_docs import add_security_scheme, embedding_request_doc
 from gateway.auth import Authenticator
+from gateway.billing import SETUP_PATH, WEBHOOK_PATH, add_billing_routes, payment_required
 from gateway.clients import (
     EMBED_SERVICE,
     METERING_SERVICE,
@@ -32,7 +36,6 @@ from gateway.clients import (
 )
 from gateway.embeddings import (
     EMBEDDING_ROUTES,
-    JSON,
     PREDICT_ROUTE,
     EmbeddingsHandler,
     HotPathMiddleware,
@@ -43,23 +46,17 @@ from gateway.errors import ApiError, error_body
 from gateway.metrics import GatewayMetrics, MetricsMiddleware
 from gateway.model_info import ModelInfo
 from gateway.openai_schema import (
-    EmbeddingRequestSchema,
     EmbeddingResponseSchema,
     ErrorSchema,
     PredictResponseSchema,
 )
 from gateway.settings import Settings
+from gateway.usage import USAGE_PATH, add_usage_route
 
 log = logging.getLogger(__name__)
 
 MODELS_ROUTES = ("/v2/models", "/v1/models")
 
-_REQUEST_BODY_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {JSON: {"schema": EmbeddingRequestSchema.model_json_schema()}},
-    }
-}
 _ERROR_DOCS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorSchema, "description": what}
     for status, what in (
@@ -94,6 +91,7 @@ def _lifespan(
             retry_after_s=settings.retry_after_s,
             on_upstream_error=lambda code: metrics.upstream_errors.labels("metering", code).inc(),
             clock=clock,
+            payment_required=payment_required(settings.billing_page_url),
         )
         app.state.upstreams = upstreams
         app.state.auth = handler.auth
@@ -110,6 +108,8 @@ def _lifespan(
 
 
 def _add_embedding_routes(app: FastAPI, handler: EmbeddingsHandler) -> None:
+    request_doc = embedding_request_doc([handler.settings.model_name], handler.settings.max_inputs)
+
     async def embeddings(request: Request) -> Response:
         return await handler(request, with_embeddings_field=False)
 
@@ -121,7 +121,7 @@ def _add_embedding_routes(app: FastAPI, handler: EmbeddingsHandler) -> None:
             path,
             embeddings,
             methods=["POST"],
-            openapi_extra=_REQUEST_BODY_DOC,
+            openapi_extra=request_doc,
             responses={200: {"model": EmbeddingResponseSchema}, **_ERROR_DOCS},
             summary="Create embeddings",
             operation_id=f"embeddings_{path.split('/')[1]}",
@@ -130,7 +130,7 @@ def _add_embedding_routes(app: FastAPI, handler: EmbeddingsHandler) -> None:
         PREDICT_ROUTE,
         predict,
         methods=["POST"],
-        openapi_extra=_REQUEST_BODY_DOC,
+        openapi_extra=request_doc,
         responses={200: {"model": PredictResponseSchema}, **_ERROR_DOCS},
         summary="Create embeddings, also as a plain `embeddings` list of vectors",
     )
@@ -146,7 +146,10 @@ def _add_model_routes(app: FastAPI, settings: Settings, handler: EmbeddingsHandl
         card = await model_info.card(embed_stub())
         return json_response(orjson.dumps({"object": "list", "data": [card]}))
 
-    async def get_model(model: str) -> Response:
+    # The served name as an enum: clients and fuzzers learn which model exists.
+    served = Path(json_schema_extra={"enum": [settings.model_name]})
+
+    async def get_model(model: str = served) -> Response:
         if model != settings.model_name:
             return error_response(
                 ApiError(
@@ -161,7 +164,13 @@ def _add_model_routes(app: FastAPI, settings: Settings, handler: EmbeddingsHandl
 
     for path in MODELS_ROUTES:
         app.add_api_route(path, list_models, methods=["GET"], summary="List models")
-        app.add_api_route(path + "/{model}", get_model, methods=["GET"], summary="Get a model")
+        app.add_api_route(
+            path + "/{model}",
+            get_model,
+            methods=["GET"],
+            summary="Get a model",
+            responses={404: _ERROR_DOCS[404]},
+        )
 
 
 def _add_operator_routes(
@@ -190,6 +199,11 @@ def _add_operator_routes(
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        # Raised by the routes outside the hot path (usage, billing): the same OpenAI body.
+        return error_response(exc)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         codes = {404: "unknown_url", 405: "method_not_allowed"}
@@ -238,11 +252,18 @@ def create_app(
         lifespan=_lifespan(settings, clients, handler, metrics, clock),
     )
     app.state.metrics = metrics
+    app.state.settings = settings
+    app.state.embeddings = handler
     _add_embedding_routes(app, handler)
     _add_model_routes(app, settings, handler)
+    add_usage_route(app)
+    add_billing_routes(app)
+    dashboard.add_dashboard_routes(app)
     _add_operator_routes(app, settings, handler, metrics)
     _add_error_handlers(app)
-    routes = [*EMBEDDING_ROUTES, PREDICT_ROUTE, *MODELS_ROUTES, "/healthz", "/readyz", "/metrics"]
+    add_security_scheme(app)
+    routes = [*EMBEDDING_ROUTES, PREDICT_ROUTE, *MODELS_ROUTES, "/healthz", "/readyz", "/metrics",
+              USAGE_PATH, SETUP_PATH, WEBHOOK_PATH, *dashboard.routes()]  # fmt: skip
     # add_middleware puts each new one outermost: metrics must see the hot path's answers too.
     app.add_middleware(HotPathMiddleware, handler=handler)
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)

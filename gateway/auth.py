@@ -2,8 +2,12 @@
 
 A key's answer is reused for `auth_cache_s` (so a revoked key stops working within that
 time) and a rejected key stays rejected for `auth_negative_cache_s` (so a client retrying a
-bad key in a loop does not load metering). Concurrent first requests with the same key share
-one Authenticate call. Keys are held only as SHA-256 digests.
+bad key in a loop does not load metering). An org refused for billing is asked about again
+after `auth_negative_cache_s` too, so a user who just added a payment method is let in soon;
+`forget_org` drops an org's answers at once (a Stripe webhook changed its standing).
+Concurrent first requests with the same key share one Authenticate call. Keys are held only as
+SHA-256 digests. The 402 a refused org gets is built by `payment_required`, which the app
+passes in (it names the routes where billing is fixed).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Authenticator:
         retry_after_s: int,
         on_upstream_error: Callable[[str], None] = lambda code: None,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        payment_required: Callable[[Caller], ApiError],
     ) -> None:
         self._stub = stub
         self._ttl_s = ttl_s
@@ -63,9 +69,11 @@ class Authenticator:
         self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
         self._pending: dict[bytes, asyncio.Future[Caller | ApiError]] = {}
         self._clock = clock  # seconds, monotonic: when cached answers expire
+        self._payment_required = payment_required
 
-    async def caller(self, authorization: str | None) -> Caller:
-        """The caller for an `Authorization` header value, or raise 401/402/503."""
+    async def caller(self, authorization: str | None, *, require_billing: bool = True) -> Caller:
+        """The caller for an `Authorization` header value, or raise 401/402/503 (402 only when
+        `require_billing`: the routes where a user fixes billing let refused orgs in)."""
         key = _bearer_key(authorization)
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
         now = self._clock()
@@ -76,15 +84,20 @@ class Authenticator:
             result = await self._lookup_shared(digest, key)
         if isinstance(result, ApiError):
             raise result
-        if not result.billing_ok:
-            raise ApiError(
-                402,
-                result.billing_message
-                or "Your organization has no active billing method; add a card to continue.",
-                type_="insufficient_quota",
-                code=result.billing_state or "billing_not_active",
-            )
+        if require_billing and not result.billing_ok:
+            raise self._payment_required(result)
         return result
+
+    def forget_org(self, org_id: str) -> int:
+        """Drops the cached answers of `org_id`'s keys; how many there were."""
+        stale = [
+            digest
+            for digest, (_, result) in self._cache.items()
+            if isinstance(result, Caller) and result.org_id == org_id
+        ]
+        for digest in stale:
+            del self._cache[digest]
+        return len(stale)
 
     async def _lookup_shared(self, digest: bytes, key: str) -> Caller | ApiError:
         pending = self._pending.get(digest)
@@ -105,7 +118,8 @@ class Authenticator:
         finally:
             del self._pending[digest]
         future.set_result(result)
-        ttl = self._ttl_s if isinstance(result, Caller) else self._negative_ttl_s
+        paying = isinstance(result, Caller) and result.billing_ok
+        ttl = self._ttl_s if paying else self._negative_ttl_s
         if ttl > 0:
             self._cache[digest] = (self._clock() + ttl, result)
             self._cache.move_to_end(digest)

@@ -11,11 +11,28 @@ from collections.abc import Mapping
 import grpc
 import orjson
 
-from intent_embed.rich_status import BILLING_NOT_ACTIVE, details_of
+from intent_embed.rich_status import (
+    BAD_SIGNATURE,
+    BILLING_NOT_ACTIVE,
+    STRIPE_NOT_CONFIGURED,
+    STRIPE_UNAVAILABLE,
+    details_of,
+)
 
-# The embed request's fields (as its rich status names them) and the REST parameter a client
-# fixes for each; OpenAI's `param`.
-_PARAMS = {"inputs": "input", "token_inputs": "input", "dimensions": "dimensions"}
+# The upstream requests' fields (as their rich status names them) and the REST parameter a
+# client fixes for each; OpenAI's `param`.
+_PARAMS = {
+    "inputs": "input",
+    "token_inputs": "input",
+    "dimensions": "dimensions",
+    "start_date": "start",
+    "end_date": "end",
+    "project_id": "project_id",
+}
+# Where a user adds or updates its org's payment method, and the `code` of every 402 that
+# self-service fixes: a client can branch on it and send the user there.
+SETUP_ROUTE = "POST /v2/billing/setup"
+BILLING_SETUP_REQUIRED = "billing_setup_required"
 
 
 class ApiError(Exception):
@@ -74,13 +91,16 @@ def from_upstream(err: grpc.aio.AioRpcError, upstream: str, retry_after_s: int) 
     detail = err.details() or code.name
     rich = details_of(err)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
+        if rich.reason == BAD_SIGNATURE:
+            return ApiError(400, detail, code="invalid_signature")
         return ApiError(400, detail, param=_param_of(rich.field), code="invalid_input")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return at_capacity("The embedding service", retry_after_s)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        who = "Stripe" if rich.reason == STRIPE_UNAVAILABLE else f"The {upstream} service"
         return ApiError(
             503,
-            f"The {upstream} service is unavailable right now; retry shortly.",
+            f"{who} is unavailable right now; retry shortly.",
             type_="service_unavailable",
             code="upstream_unavailable",
             headers={"Retry-After": str(retry_after_s)},
@@ -93,7 +113,20 @@ def from_upstream(err: grpc.aio.AioRpcError, upstream: str, retry_after_s: int) 
         # Metering refused the usage: a billing problem is fixed by paying (402); anything
         # else (e.g. the org no longer exists) is a request that cannot succeed as sent (400).
         if rich.reason == BILLING_NOT_ACTIVE:
-            return ApiError(402, detail, type_="insufficient_quota", code="billing_not_active")
+            return ApiError(
+                402,
+                f"{detail}. Add or update your payment method with {SETUP_ROUTE}.",
+                type_="insufficient_quota",
+                code=BILLING_SETUP_REQUIRED,
+            )
+        if rich.reason == STRIPE_NOT_CONFIGURED:
+            return ApiError(
+                503,
+                "Self-service billing is not enabled on this deployment; ask its operator to "
+                "set up your organization's payment method.",
+                type_="service_unavailable",
+                code="billing_not_configured",
+            )
         return ApiError(400, detail, code="usage_rejected")
     if code == grpc.StatusCode.NOT_FOUND:
         return ApiError(404, detail, code="not_found")

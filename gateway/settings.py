@@ -47,6 +47,16 @@ class Settings(BaseSettings):
     ready_timeout_s: float = Field(
         default=2.0, gt=0, description="deadline of /readyz health checks"
     )
+    billing_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="deadline of the billing calls that may wait on Stripe (setup, webhooks)",
+    )
+    billing_page_url: str = Field(
+        default="",
+        description="public URL of the page where users manage billing: named in 402 answers "
+        "and where Stripe sends users back after setup; empty: this gateway's /dashboard",
+    )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with a 429")
     model_name: str = Field(default="intent-embed", description="the one model name the API serves")
     log_level: str = Field(default="info", description="logging level")

@@ -143,7 +143,7 @@ def fake_metering(script: Script) -> FakeMetering:
             org_id="org-2",
             billing_ok=False,
             billing_state="no_payment_method",
-            billing_message="Add a payment method to your organization to use the API.",
+            billing_message="Organization org-2 has no payment method.",
         ),
     }
     return FakeMetering(keys=keys, revoked=script.revoked, auth_failures=script.auth_failures)

@@ -12,6 +12,7 @@ import requests
 from openai import OpenAI
 
 from intent_embed.rich_status import BILLING_NOT_ACTIVE
+from intent_embed.v1 import metering_pb2
 from tests.gateway.harness import GOOD_KEY, UNPAID_KEY, FakeClock, Fakes, GatewayServer
 
 AUTH = {"Authorization": f"Bearer {GOOD_KEY}"}
@@ -56,11 +57,20 @@ def test_missing_malformed_and_unknown_keys_are_401(gateway: GatewayServer) -> N
         )
 
 
-def test_billing_not_ok_is_402_with_how_to_fix(gateway: GatewayServer) -> None:
-    reply = post(gateway, {"input": "hi", "model": "intent-embed"},
-                 headers={"Authorization": f"Bearer {UNPAID_KEY}"})  # fmt: skip
-    err = error_of(reply, 402)
-    assert "payment method" in err["message"] and err["code"] == "no_payment_method"
+def test_billing_not_ok_is_402_with_how_to_fix(gateway: GatewayServer, fakes: Fakes) -> None:
+    unpaid = {"Authorization": f"Bearer {UNPAID_KEY}"}
+    err = error_of(post(gateway, {"input": "hi", "model": "intent-embed"}, headers=unpaid), 402)
+    # Metering's word on the org, then what the user does: the setup route, never an admin
+    # command; the code is the one every self-service 402 has.
+    assert err["message"].startswith("Organization org-2 has no payment method.")
+    assert "POST /v2/billing/setup" in err["message"] and "/dashboard" in err["message"]
+    assert "python -m metering" not in err["message"]
+    assert err["code"] == "billing_setup_required" and err["type"] == "insufficient_quota"
+    # An operator's billing page is named when one is configured.
+    page = "https://billing.example.test/account"
+    with GatewayServer(fakes.settings(billing_page_url=page)) as gw:
+        err = error_of(post(gw, {"input": "hi", "model": "intent-embed"}, headers=unpaid), 402)
+    assert page in err["message"] and "POST /v2/billing/setup" in err["message"]
 
 
 def test_auth_is_cached_and_bad_keys_briefly(fakes: Fakes) -> None:
@@ -79,6 +89,27 @@ def test_auth_is_cached_and_bad_keys_briefly(fakes: Fakes) -> None:
         assert fakes.metering.auth_calls - before == 2
         clock.advance(2.1)
         assert post(gw, body).status_code == 401
+
+
+def test_a_refused_org_is_asked_about_again_soon(fakes: Fakes) -> None:
+    # A user who just added a payment method must not wait out the long cache of paying keys.
+    clock = FakeClock()
+    settings = fakes.settings(auth_cache_s=60.0, auth_negative_cache_s=2.0)
+    unpaid = {"Authorization": f"Bearer {UNPAID_KEY}"}
+    body = {"input": "hi", "model": "intent-embed"}
+    refused = fakes.metering.keys[UNPAID_KEY]
+    with GatewayServer(settings, clock=clock) as gw:
+        assert post(gw, body, headers=unpaid).status_code == 402
+        paying = metering_pb2.AuthenticateResponse()
+        paying.CopyFrom(refused)
+        paying.billing_ok, paying.billing_state, paying.billing_message = True, "ok", ""
+        fakes.metering.keys[UNPAID_KEY] = paying
+        try:
+            assert post(gw, body, headers=unpaid).status_code == 402  # still cached
+            clock.advance(2.1)
+            assert post(gw, body, headers=unpaid).status_code == 200
+        finally:
+            fakes.metering.keys[UNPAID_KEY] = refused
 
 
 def test_metering_unreachable_is_503_and_not_cached(fakes: Fakes) -> None:
@@ -228,7 +259,8 @@ def test_billing_refusal_from_metering_is_402(gateway: GatewayServer, fakes: Fak
         grpc.StatusCode.FAILED_PRECONDITION, "org org-1 is past due; pay the open invoice",
         BILLING_NOT_ACTIVE,
     ))  # fmt: skip
-    assert error_of(post(gateway, {"input": "hi", "model": "intent-embed"}), 402)
+    err = error_of(post(gateway, {"input": "hi", "model": "intent-embed"}), 402)
+    assert err["code"] == "billing_setup_required" and "POST /v2/billing/setup" in err["message"]
 
 
 def test_one_retry_on_unavailable_with_the_same_request_id(

@@ -4,7 +4,8 @@
 real ledger), refuses orgs it does not know, can hold or slow its answers, and answers
 Authenticate from a table of keys. `FakeServer` serves any servicer on the shared scaffold
 (health SERVING, reflection) and can be stopped and started again on the same port;
-`ThreadedServer` runs one on its own event loop for tests and benchmarks that block.
+`ThreadedServer` runs one (or any `AsyncServer`, such as the real metering service) on its own
+event loop for tests and benchmarks that block.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 
@@ -132,10 +134,25 @@ class FakeServer:
         await self.stop()
 
 
-class ThreadedServer:
-    """A FakeServer on an event loop of its own thread: `with ThreadedServer(...) as server:`."""
+class AsyncServer(Protocol):
+    """A gRPC server started and stopped on an event loop, listening on `port`."""
 
-    def __init__(self, server: FakeServer) -> None:
+    port: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def set_serving(self, serving: bool) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=AsyncServer)
+
+
+class ThreadedServer(Generic[ServerT]):
+    """A server on an event loop of its own thread: `with ThreadedServer(...) as server:`."""
+
+    def __init__(self, server: ServerT) -> None:
         self.server = server
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -147,7 +164,7 @@ class ThreadedServer:
     def set_serving(self, serving: bool) -> None:
         asyncio.run_coroutine_threadsafe(self.server.set_serving(serving), self.loop).result(30)
 
-    def __enter__(self) -> ThreadedServer:
+    def __enter__(self) -> ThreadedServer[ServerT]:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
         return self
