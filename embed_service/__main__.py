@@ -61,14 +61,16 @@ async def serve(settings: Settings) -> None:
             dtype=settings.dtype,
             num_threads=settings.num_threads or (os.cpu_count() or 1),
             unpadded=settings.unpadded,
+            backend=settings.backend,
         )
     )
     server = EmbedServer(model, usage_sink, settings, metrics)
     await server.start()
     log.info(
-        "embed_service_ready host=%s port=%d metrics_port=%d model=%s device=%s dtype=%s",
+        "embed_service_ready host=%s port=%d metrics_port=%d model=%s device=%s dtype=%s "
+        "backend=%s",
         settings.host, server.port, settings.metrics_port, settings.model_name,
-        model.device, model.dtype_name,
+        model.device, model.dtype_name, model.backend,
     )  # fmt: skip
     await until_signalled()
     log.info("shutdown_begin grace_s=%.1f", settings.shutdown_grace_s)

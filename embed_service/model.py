@@ -31,8 +31,10 @@ import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from embed_service.adapter import ModelSource, merge_adapter
+from embed_service.backends import choose as choose_backend
+from embed_service.onnx_forward import OnnxForward
 from embed_service.precision import lower_linear_precision, resolve_device, resolve_dtype
-from embed_service.unpadded import UnpaddedBatch, UnpaddedBert, unpadded_encoder
+from embed_service.unpadded import UnpaddedBatch, UnpaddedBert, is_plain_bert, unpadded_encoder
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,10 @@ class EmbeddingModel:
         self.model = model
         self.revision = revision
         self.unpadded = unpadded
+        self.unpadded_eligible = is_plain_bert(model)
+        # Set by `embed_service.backends.choose` when ONNX Runtime serves this model.
+        self.onnx: OnnxForward | None = None
+        self.num_threads = torch.get_num_threads()
         self.tokenizer = tokenizer
         self.pooling = pooling
         self.device = device
@@ -117,6 +123,7 @@ class EmbeddingModel:
         dtype: str = "auto",
         num_threads: int = 0,
         unpadded: bool = True,
+        backend: str = "auto",
     ) -> EmbeddingModel:
         """Loads a local model directory, or an adapter directory merged into its base
         (`embed_service.adapter`); never touches the network.
@@ -124,6 +131,7 @@ class EmbeddingModel:
         `unpadded` runs BERT encoders on the unpadded path (`embed_service.unpadded`); False,
         or a model that path does not cover, runs transformers' padded forward. `model` stays
         the float32 transformers module on the unpadded path (training code uses it directly).
+        `backend` picks PyTorch or ONNX Runtime (`embed_service.backends`; auto: measured).
         """
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -146,26 +154,36 @@ class EmbeddingModel:
         if fast is None and torch_dtype != torch.float32:
             lower_linear_precision(model, torch_dtype)
         pooling = read_pooling_config(source.weights_dir, int(model.config.max_position_embeddings))
+        loaded = cls(model, tokenizer, pooling, dev, torch_dtype, fast, source.revision)
+        choose_backend(loaded, backend, dtype)
         log.info(
-            "model_loaded path=%s revision=%s adapter=%s device=%s dtype=%s forward=%s "
+            "model_loaded path=%s revision=%s adapter=%s device=%s dtype=%s backend=%s "
             "pooling=%s normalize=%s max_seq=%d threads=%d seconds=%.2f",
             directory.name,
             source.revision,
             source.adapter is not None,
             dev,
-            str(torch_dtype).removeprefix("torch."),
-            "unpadded" if fast is not None else "padded",
+            loaded.dtype_name,
+            loaded.backend,
             pooling.mode,
             pooling.normalize,
             pooling.max_seq_length,
-            torch.get_num_threads(),
+            loaded.num_threads,
             time.monotonic() - started,
         )
-        return cls(model, tokenizer, pooling, dev, torch_dtype, fast, source.revision)
+        return loaded
 
     @property
     def dtype_name(self) -> str:
-        return str(self.dtype).removeprefix("torch.")
+        """The dtype the forward pass computes in (ONNX Runtime: float32)."""
+        return "float32" if self.onnx is not None else str(self.dtype).removeprefix("torch.")
+
+    @property
+    def backend(self) -> str:
+        """Which forward pass runs: onnxruntime, torch-unpadded or torch-padded."""
+        if self.onnx is not None:
+            return "onnxruntime"
+        return "torch-unpadded" if self.unpadded is not None else "torch-padded"
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text without special tokens and without truncation.
@@ -197,15 +215,24 @@ class EmbeddingModel:
         every layer) works on the batch padded to its longest input, so callers group inputs
         of similar length.
         """
+        if self.onnx is not None:
+            pooled = self.onnx(*self.pad_arrays(batch))
+            if self.pooling.normalize:
+                pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+            return pooled
         if self.unpadded is None:
-            input_ids, attention_mask = self.pad(batch)
-            return self.forward(input_ids, attention_mask)
+            return self.forward(*self.pad(batch))
         with torch.inference_mode():
             rows = UnpaddedBatch.of(batch, self.prefix, self.suffix, self.device)
             return self._finish(self.unpadded(rows, self.pooling.mode))
 
     def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Adds special tokens and right-pads into (input_ids, attention_mask) int64 tensors."""
+        input_ids, attention_mask = self.pad_arrays(batch)
+        return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+
+    def pad_arrays(self, batch: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """`pad` as int64 numpy arrays."""
         extra = len(self.prefix) + len(self.suffix)
         width = max(len(ids) for ids in batch) + extra
         input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
@@ -214,7 +241,7 @@ class EmbeddingModel:
             full = [*self.prefix, *ids, *self.suffix]
             input_ids[row, : len(full)] = full
             attention_mask[row, : len(full)] = 1
-        return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+        return input_ids, attention_mask
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
         """Vectors of a padded batch through transformers' own forward pass."""

@@ -84,6 +84,7 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
             normalize=self.model.pooling.normalize,
             max_request_tokens=self.settings.max_request_tokens,
             revision=self.model.revision,
+            backend=self.model.backend,
         )
 
     async def _embed(self, request: embed_pb2.EmbedRequest) -> embed_pb2.EmbedResponse:

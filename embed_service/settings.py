@@ -41,6 +41,11 @@ class Settings(BaseSettings):
         description="run BERT encoders on the unpadded path: matrix work on real tokens only "
         "(false: transformers' padded forward)",
     )
+    backend: str = Field(
+        "auto",
+        description="auto | torch | onnxruntime: the forward pass (auto: on a CPU, whichever a "
+        "start-up probe finds faster for BERT encoders; PyTorch on a GPU)",
+    )
     max_batch_tokens: int = Field(8192, description="padded tokens one forward pass may hold")
     max_batch_size: int = Field(128, description="inputs one forward pass may hold")
     max_inputs: int = Field(2048, description="inputs one request may carry")

@@ -152,16 +152,21 @@ class UnpaddedBert(torch.nn.Module):
         return sums / batch.lengths.unsqueeze(1).to(sums.dtype)
 
 
-def unpadded_encoder(model: torch.nn.Module, dtype: torch.dtype) -> UnpaddedBert | None:
-    """An UnpaddedBert for a plain BERT encoder in float32, None where this path does not apply."""
+def is_plain_bert(model: torch.nn.Module) -> bool:
+    """A float32 BERT encoder with absolute positions and no decoder parts: the architecture the
+    unpadded path (and the ONNX Runtime export) covers."""
     from transformers import BertModel
 
     config: Any = model.config
-    plain = (
+    return (
         type(model) is BertModel
         and getattr(config, "position_embedding_type", "absolute") in (None, "absolute")
         and not config.is_decoder
         and not getattr(config, "add_cross_attention", False)
         and all(p.dtype == torch.float32 for p in model.parameters())
     )
-    return UnpaddedBert(model, dtype) if plain else None
+
+
+def unpadded_encoder(model: torch.nn.Module, dtype: torch.dtype) -> UnpaddedBert | None:
+    """An UnpaddedBert for a plain BERT encoder, None where this path does not apply."""
+    return UnpaddedBert(model, dtype) if is_plain_bert(model) else None

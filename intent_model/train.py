@@ -82,7 +82,11 @@ def _prepare(cfg: TrainConfig) -> _Run:
     started = time.monotonic()
     seed_everything(cfg.seed)
     embedder = EmbeddingModel.from_directory(
-        cfg.base or base_model_dir(), device=cfg.device, dtype="float32", unpadded=False
+        cfg.base or base_model_dir(),
+        device=cfg.device,
+        dtype="float32",
+        unpadded=False,
+        backend="torch",  # trained in place through transformers' modules
     )
     sources = load_sources(cfg, embedder)
     add_adapters(embedder.model, cfg.rank, cfg.alpha, cfg.dropout)

@@ -65,7 +65,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("model", "dimensions", "max_input_tokens", "max_batch_tokens", "max_inputs", "device", "dtype", "pooling", "normalize", "max_request_tokens", "revision")
+    __slots__ = ("model", "dimensions", "max_input_tokens", "max_batch_tokens", "max_inputs", "device", "dtype", "pooling", "normalize", "max_request_tokens", "revision", "backend")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class InfoResponse(_message.Message):
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_REQUEST_TOKENS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
     model: str
     dimensions: int
     max_input_tokens: int
@@ -88,4 +89,5 @@ class InfoResponse(_message.Message):
     normalize: bool
     max_request_tokens: int
     revision: str
-    def __init__(self, model: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_inputs: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., max_request_tokens: _Optional[int] = ..., revision: _Optional[str] = ...) -> None: ...
+    backend: str
+    def __init__(self, model: _Optional[str] = ..., dimensions: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_inputs: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pooling: _Optional[str] = ..., normalize: _Optional[bool] = ..., max_request_tokens: _Optional[int] = ..., revision: _Optional[str] = ..., backend: _Optional[str] = ...) -> None: ...

@@ -23,12 +23,17 @@ from tests.support.fake_metering import FakeMetering, FakeServer
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir: Path) -> EmbeddingModel:
-    return EmbeddingModel.from_directory(tiny_model_dir, device="cpu", dtype="float32")
+    # The PyTorch path; the ONNX Runtime path has its own tests (test_backends.py).
+    return EmbeddingModel.from_directory(
+        tiny_model_dir, device="cpu", dtype="float32", backend="torch"
+    )
 
 
 @pytest.fixture(scope="session")
 def minilm_fp32(minilm_dir: Path) -> EmbeddingModel:
-    return EmbeddingModel.from_directory(minilm_dir, device="cpu", dtype="float32")
+    return EmbeddingModel.from_directory(
+        minilm_dir, device="cpu", dtype="float32", backend="torch"
+    )
 
 
 @pytest.fixture

@@ -83,6 +83,7 @@ async def test_info_describes_model_and_limits(
         True,
     )
     assert info.revision == tiny_model.revision and len(info.revision) == 12
+    assert info.backend == tiny_model.backend == "torch-unpadded"
 
 
 async def test_large_request_split_across_batches_keeps_order(

@@ -1,0 +1,124 @@
+"""The forward pass through ONNX Runtime, for BERT encoders on a CPU.
+
+At load the float32 model (adapter already merged) is exported to ONNX with eager attention, so
+ONNX Runtime's transformer optimizer can fuse each block's attention, bias + GELU and residual +
+LayerNorm into single kernels; pooling is part of the graph. What it saves over the PyTorch
+forward is per-operator overhead and memory traffic, which is most of a short query's cost on a
+CPU. Batches are padded to their longest input (the batcher groups inputs of similar length).
+Float32 throughout, so vectors equal the PyTorch forward's to rounding (cosine >= 0.99999).
+
+Whether it is used is decided per machine at load (`embed_service.backends`); it needs the
+optional packages `onnxruntime` and `onnx` (the `embed-cpu` extra) and is never used on a GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+_OPSET = 17
+_INPUTS = ("input_ids", "attention_mask")
+
+
+def onnxruntime_available() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+
+
+class _Pooled(torch.nn.Module):
+    """The encoder plus pooling, as one graph: (input_ids, attention_mask) -> pooled vectors."""
+
+    def __init__(self, model: torch.nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.model = model
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=torch.zeros_like(input_ids),
+        ).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]  # type: ignore[no-any-return]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)  # type: ignore[no-any-return]
+
+
+def export(model: Any, pooling: str) -> bytes:
+    """The optimized ONNX graph of `model` (a float32 BertModel) with `pooling`, serialized."""
+    import onnx
+    from onnxruntime.transformers import optimizer
+
+    _quiet_optimizer_logs()
+    config = model.config
+    previous = config._attn_implementation
+    model.set_attn_implementation("eager")  # the pattern the optimizer fuses into Attention
+    try:
+        example = torch.ones((1, 4), dtype=torch.int64)
+        buffer = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Pooled(model, pooling).eval(),
+                (example, example),
+                buffer,  # type: ignore[arg-type]  # a file object works, as the docs say
+                input_names=list(_INPUTS),
+                output_names=["pooled"],
+                dynamic_axes={name: {0: "batch", 1: "tokens"} for name in _INPUTS},
+                opset_version=_OPSET,
+                dynamo=False,
+            )
+    finally:
+        model.set_attn_implementation(previous)
+    optimized = optimizer.optimize_model(
+        onnx.load_from_string(buffer.getvalue()),
+        model_type="bert",
+        num_heads=int(config.num_attention_heads),
+        hidden_size=int(config.hidden_size),
+    )
+    log.info("onnx_export fused=%s", _fused(optimized.get_fused_operator_statistics()))
+    return optimized.model.SerializeToString()  # type: ignore[no-any-return]
+
+
+def _quiet_optimizer_logs() -> None:
+    """The optimizer's modules log every fusion at INFO under their bare module names."""
+    import onnxruntime.transformers
+
+    for path in Path(onnxruntime.transformers.__file__).parent.glob("*.py"):
+        logging.getLogger(path.stem).setLevel(logging.WARNING)
+
+
+def _fused(stats: dict[str, int]) -> str:
+    return ",".join(f"{name}:{count}" for name, count in sorted(stats.items()) if count)
+
+
+class OnnxForward:
+    """An ONNX Runtime session over the exported graph; call it with padded int64 arrays."""
+
+    def __init__(self, graph: bytes, num_threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def of(cls, model: Any, pooling: str, num_threads: int) -> OnnxForward:
+        return cls(export(model, pooling), num_threads)
+
+    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Pooled float32 vectors [batch, hidden] (not normalised)."""
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self.session.run(None, feeds)[0]  # type: ignore[no-any-return]

@@ -1,0 +1,114 @@
+"""The ONNX Runtime forward pass: its vectors are PyTorch's, it is kept only where it is measured
+faster and agrees, and the service says which forward pass it runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import embed_service.backends as backends
+from embed_service.model import EmbeddingModel
+from tests.support.clinc150 import CLINC150, clinc_test_texts
+
+TEXTS = ["ok", "set an alarm for seven tomorrow morning", "what is my balance", "a " * 60]
+
+
+@pytest.fixture(scope="module")
+def onnx_minilm(minilm_dir: Path) -> EmbeddingModel:
+    model = EmbeddingModel.from_directory(minilm_dir, device="cpu", backend="onnxruntime")
+    assert model.backend == "onnxruntime" and model.dtype_name == "float32"
+    return model
+
+
+def _centroid_decisions(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    return np.argmax(vectors @ centroids.T, axis=1)  # type: ignore[no-any-return]
+
+
+@pytest.mark.slow
+def test_onnx_vectors_keep_every_clinc150_test_vector_and_intent_decision(
+    onnx_minilm: EmbeddingModel, minilm_fp32: EmbeddingModel
+) -> None:
+    texts = clinc_test_texts(every=3)  # 1,500 of them; docs/performance.md has all 4,500
+    reference, got = minilm_fp32.encode(texts), onnx_minilm.encode(texts)
+    cosines = (reference * got).sum(axis=1)
+    worst = int(cosines.argmin())
+    assert cosines[worst] >= 0.999, f"input {worst} ({texts[worst]!r}): cosine {cosines[worst]}"
+    if not CLINC150.exists():
+        return
+    train = json.loads(CLINC150.read_text())["train"][::10]  # 10 utterances per intent
+    labels = sorted({label for _, label in train})
+    vectors = minilm_fp32.encode([text for text, _ in train])
+    sums = np.zeros((len(labels), vectors.shape[1]))
+    np.add.at(sums, [labels.index(label) for _, label in train], vectors)
+    centroids = sums / np.linalg.norm(sums, axis=1, keepdims=True)
+    changed = np.mean(
+        _centroid_decisions(reference, centroids) != _centroid_decisions(got, centroids)
+    )
+    assert changed <= 0.001, f"{changed:.2%} of nearest-centroid decisions changed"
+
+
+def test_onnx_and_torch_agree_on_mixed_lengths_and_cls_pooling(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    for mode in ("mean", "cls"):
+        target = tmp_path / mode
+        shutil.copytree(tiny_model_dir, target)
+        pooling = {"word_embedding_dimension": 32, f"pooling_mode_{mode}_token" if mode == "cls"
+                   else "pooling_mode_mean_tokens": True}  # fmt: skip
+        (target / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+        torch_model = EmbeddingModel.from_directory(target, device="cpu", backend="torch")
+        onnx_model = EmbeddingModel.from_directory(target, device="cpu", backend="onnxruntime")
+        assert onnx_model.pooling.mode == mode
+        np.testing.assert_allclose(onnx_model.encode(TEXTS), torch_model.encode(TEXTS), atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    ("torch_s", "onnx_s", "agree", "chosen"),
+    [
+        (0.2, 0.1, True, "onnxruntime"),  # faster and equal: kept
+        (0.1, 0.2, True, "torch-unpadded"),  # slower: PyTorch stays
+        (0.2, 0.1, False, "torch-unpadded"),  # faster but its vectors differ: PyTorch stays
+    ],
+)
+def test_auto_keeps_onnx_only_where_measured_faster_and_equal(
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    torch_s: float,
+    onnx_s: float,
+    agree: bool,
+    chosen: str,
+) -> None:
+    def seconds(model: EmbeddingModel, batches: list[list[list[int]]]) -> float:
+        return onnx_s if model.onnx is not None else torch_s
+
+    monkeypatch.setattr(backends, "_seconds", seconds)
+    if not agree:
+        monkeypatch.setattr(backends, "_min_cosine", lambda a, b: 0.98)
+    model = EmbeddingModel.from_directory(tiny_model_dir, device="cpu", backend="auto")
+    assert model.backend == chosen
+    assert model.encode(["hello there"]).shape == (1, 32)
+
+
+def test_explicit_choices_are_kept_or_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import RobertaConfig, RobertaModel
+
+    bf16 = EmbeddingModel.from_directory(tiny_model_dir, device="cpu", dtype="bfloat16")
+    assert bf16.backend == "torch-unpadded"  # an explicit bf16 request is the PyTorch path
+    with pytest.raises(ValueError, match="backend must be one of"):
+        EmbeddingModel.from_directory(tiny_model_dir, device="cpu", backend="tensorrt")
+    target = tmp_path / "roberta"
+    shutil.copytree(tiny_model_dir, target)
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=140, pad_token_id=0,
+    )  # fmt: skip
+    RobertaModel(config).eval().save_pretrained(target)
+    assert EmbeddingModel.from_directory(target, device="cpu").backend == "torch-padded"
+    with pytest.raises(ValueError, match="needs a CPU, a BERT encoder"):
+        EmbeddingModel.from_directory(target, device="cpu", backend="onnxruntime")
