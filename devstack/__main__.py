@@ -23,6 +23,7 @@ def example(stack: Stack, demo: dict[str, object]) -> str:
     return f"""
 intent-embed is running.
   gateway   {url}   (OpenAI-compatible: POST /v2/embeddings)
+  dashboard {url}/dashboard   (usage and billing: paste the key below)
   embed     {stack.embed_address}   (gRPC, intent_embed.v1.EmbedService)
   metering  {stack.metering_address}   (gRPC, ledger {stack.database_url})
   logs      {stack.data_dir / "logs"}
@@ -45,7 +46,8 @@ response = client.embeddings.create(model="intent-embed",
 print(len(response.data), "vectors of", len(response.data[0].embedding), "dims;", response.usage)
 PY
 
-Usage so far: .venv/bin/python -m metering admin usage --org {demo["org_id"]}
+Usage so far: curl -s '{url}/v2/usage' -H 'Authorization: Bearer {key}'
+   or, as an operator: .venv/bin/python -m metering admin usage --org {demo["org_id"]}
    (with METERING_DATABASE_URL={stack.database_url})
 Press Ctrl-C to stop.
 """
@@ -57,8 +59,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=(
             "Start metering, the embed service and the gateway locally (packaged model, SQLite "
             "ledger, Stripe off), create or reuse a demo org, project and API key, and print a "
-            "working curl and openai example. Ports follow the services' own settings: "
-            "EMBED_PORT, EMBED_METRICS_PORT, METERING_PORT, METERING_METRICS_PORT, GATEWAY_PORT."
+            "working curl and openai example and the URL of the usage dashboard. Ports follow the "
+            "services' own settings: EMBED_PORT, EMBED_METRICS_PORT, METERING_PORT, "
+            "METERING_METRICS_PORT, GATEWAY_PORT."
         ),
     )
     parser.add_argument(

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from devstack.stack import Ports
 
@@ -76,6 +77,18 @@ def test_printed_examples_work_and_a_second_run_reuses_the_key(tmp_path: Path) -
         )  # fmt: skip
         assert ran.returncode == 0, ran.stderr
         assert "2 vectors of 384 dims" in ran.stdout
+
+        # The dashboard is served where the banner says, and the usage it reads has the calls.
+        dashboard = re.search(r"dashboard (http://\S+/dashboard)", printed)
+        assert dashboard is not None, printed
+        page = requests.get(dashboard.group(1), timeout=30)
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "/dashboard/app.js" in page.text
+        usage_line = printed[printed.index("Usage so far: ") + len("Usage so far: "):]
+        usage_curl = usage_line.split("\n", 1)[0]
+        usage = subprocess.run(["bash", "-c", usage_curl], capture_output=True, text=True,
+                               timeout=60, check=True)  # fmt: skip
+        assert json.loads(usage.stdout)["period"]["requests"] >= 2
     finally:
         out = stop_devstack(proc)
     assert "stopped: gateway exit 0, embed exit 0, metering exit 0" in out
