@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
+from typing import Any
 
 SECTIONS = ["bench.embed", "bench.metering", "bench.rest"]
 
@@ -23,6 +24,8 @@ class Report:
     """Collects the report's lines and echoes them as they come (a long run shows progress)."""
 
     lines: list[str] = field(default_factory=list)
+    # What one section measured that a later one reuses (the limit, the raw model, gRPC rates).
+    shared: dict[str, Any] = field(default_factory=dict)
 
     def section(self, title: str) -> None:
         self.line("")

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import grpc
 
+from bench.loadgen import cpu_seconds
 from devstack.probes import free_port, wait_serving
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 
@@ -45,12 +46,6 @@ class Result:
     events: int
     seconds: float
     server_cpu_s: float
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -251,11 +246,11 @@ def _served_share(report: Any, calls: int = 1500, concurrency: int = 64) -> None
     """Metering's CPU per answered request in the running stack, where the embed service
     coalesces the usage records of concurrent requests (the 1-event/call rows above are
     the worst case, a lone request)."""
-    from bench.embed import load_queries
+    from bench.embed import short_queries
     from devstack.stack import Ports, Stack
     from intent_embed.v1 import embed_pb2, embed_pb2_grpc
 
-    queries = load_queries()
+    queries = short_queries()
 
     with tempfile.TemporaryDirectory() as tmp:
         stack = Stack(data_dir=Path(tmp), ports=Ports.free())

@@ -1,0 +1,57 @@
+"""The benchmark's own arithmetic and plumbing: the limit's FLOPs by hand, the gRPC frame h2load
+sends, h2load's log read without its warm-up, and the GPU script's code run on the CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.limits import ModelShape, matmul_rate
+from bench.loadgen import _log_durations_ms, grpc_frame
+from intent_embed.v1 import embed_pb2
+
+
+def test_flops_per_query_of_minilm_by_hand() -> None:
+    shape = ModelShape(hidden=384, intermediate=1536, layers=6)
+    # Per token and block: 2 x (384*1152 + 384*384 + 384*1536 + 1536*384) = 3,538,944;
+    # attention: 4 x n^2 x 384 per block.
+    assert shape.flops_per_query(10) == 6 * (3_538_944 * 10 + 4 * 100 * 384)
+    assert 0.2e9 < shape.flops_per_query(11) < 0.25e9
+
+
+def test_matmul_rate_is_a_positive_rate() -> None:
+    rate = matmul_rate(ModelShape(hidden=32, intermediate=64, layers=2), "float32", rows=64)
+    assert rate > 0.0
+
+
+def test_grpc_frame_is_flag_length_and_message() -> None:
+    request = embed_pb2.EmbedRequest(inputs=["hello"], packed=True)
+    frame = grpc_frame(request)
+    assert frame[0] == 0 and int.from_bytes(frame[1:5], "big") == len(frame) - 5
+    assert embed_pb2.EmbedRequest.FromString(frame[5:]) == request
+
+
+def test_h2load_log_skips_the_warm_up_second_and_failed_streams() -> None:
+    log = "\n".join([
+        "1000000\t200\t5000",  # warm-up: the first second
+        "2000000\t200\t7000",
+        "2100000\t-1\t9000",  # a failed stream
+        "2200000\t200\t3000",
+    ])  # fmt: skip
+    assert _log_durations_ms(log) == [3.0, 7.0]
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_its_cuda_code_on_the_cpu(
+    tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.gpu import main
+
+    assert main(["--device", "cpu", "--quick", "--model", str(tiny_model_dir)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["device"] == "cpu" and out["matmul_gflops"] > 0
+    for name in ("sweep_short", "sweep_long"):
+        assert all(row["inputs_per_s"] > 0 and row["fraction_of_limit"] > 0 for row in out[name])
+    assert out["service"]["inputs_per_s"] > 0 and out["service"]["request_inputs"] == 2048
