@@ -144,40 +144,8 @@ class FakeStripe(BillingObjects):
             self._send(http, record, 401, _error("invalid_request_error", "Invalid API Key"))
             return
         body_key = json.dumps([method, path, sorted(pairs)])
-        if method == "POST" and key:
-            with self._lock:
-                stored = self._idempotent.get(key)
-                busy = stored is None and key in self._in_flight
-                if stored is None and not busy:
-                    self._in_flight.add(key)
-            if busy:
-                # Stripe answers 409 while a request with the same key is still running.
-                self._send(
-                    http,
-                    record,
-                    409,
-                    _error(
-                        "idempotency_error",
-                        "There is currently another in-progress request using this Idempotent Key.",
-                    ),
-                )
-                return
-            if stored is not None:
-                if stored.body_key != body_key:
-                    self._send(
-                        http,
-                        record,
-                        400,
-                        _error(
-                            "idempotency_error",
-                            "Keys for idempotent requests can only be used with the same "
-                            "parameters they were first used with.",
-                        ),
-                    )
-                    return
-                record.replayed = True
-                self._send(http, record, stored.status, stored.answer, replayed=True)
-                return
+        if method == "POST" and key and self._answered_by_key(http, record, key, body_key):
+            return
         try:
             status, answer, delay, store = self._route(method, path, record.params)
             if store and method == "POST" and key:
@@ -190,6 +158,30 @@ class FakeStripe(BillingObjects):
         if delay:
             time.sleep(delay)
         self._send(http, record, status, answer)
+
+    def _answered_by_key(
+        self, http: BaseHTTPRequestHandler, record: RecordedRequest, key: str, body_key: str
+    ) -> bool:
+        """Stripe's idempotency: a stored answer replayed, 409 while the key's first request
+        runs, 400 for the key with other parameters; False (key now in flight) otherwise."""
+        with self._lock:
+            stored = self._idempotent.get(key)
+            busy = stored is None and key in self._in_flight
+            if stored is None and not busy:
+                self._in_flight.add(key)
+        if busy:
+            message = "There is currently another in-progress request using this Idempotent Key."
+            self._send(http, record, 409, _error("idempotency_error", message))
+        elif stored is not None and stored.body_key != body_key:
+            message = (
+                "Keys for idempotent requests can only be used with the same parameters they "
+                "were first used with."
+            )
+            self._send(http, record, 400, _error("idempotency_error", message))
+        elif stored is not None:
+            record.replayed = True
+            self._send(http, record, stored.status, stored.answer, replayed=True)
+        return busy or stored is not None
 
     def _route(
         self, method: str, path: str, params: dict[str, Any]
@@ -285,7 +277,6 @@ class FakeStripe(BillingObjects):
             http.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout) or died; Stripe's side is done anyway
-
 
     @staticmethod
     def _send_page(http: BaseHTTPRequestHandler, status: int, kind: str, content: str) -> None:

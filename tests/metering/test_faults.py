@@ -64,6 +64,23 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
             proc.wait(10)
 
 
+async def _record_until_acked(
+    stub: metering_pb2_grpc.MeteringServiceStub, request: metering_pb2.RecordUsageRequest
+) -> tuple[metering_pb2.RecordUsageResponse, int]:
+    """What a client does: retry the same event ids until acknowledged; the reply and retries."""
+    retried = 0
+    while True:
+        try:
+            return await stub.RecordUsage(request, timeout=2), retried
+        except grpc.aio.AioRpcError as exc:
+            assert exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            ), exc
+            retried += 1
+            await asyncio.sleep(0.05)
+
+
 async def test_metering_killed_mid_stream_loses_and_doubles_nothing(
     sqlite_url: str, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -96,17 +113,8 @@ async def test_metering_killed_mid_stream_loses_and_doubles_nothing(
                     )
                 )
             request = metering_pb2.RecordUsageRequest(events=events)
-            while True:  # a client retries the same ids until acknowledged
-                try:
-                    reply = await stub.RecordUsage(request, timeout=2)
-                    break
-                except grpc.aio.AioRpcError as exc:
-                    assert exc.code() in (
-                        grpc.StatusCode.UNAVAILABLE,
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                    ), exc
-                    retried += 1
-                    await asyncio.sleep(0.05)
+            reply, tries = await _record_until_acked(stub, request)
+            retried += tries
             acked.update(e.event_id for e in events)
             duplicates += reply.duplicates
             if call == 10 and n == 0:
