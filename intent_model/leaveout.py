@@ -47,12 +47,19 @@ def recipe_of(model_dir: Path) -> dict[str, Any]:
 
 def run_check(model_dir: Path, check: str, work: Path) -> dict[str, Any]:
     """Trains the check (unless `work/check` already holds a run of exactly this config, as
-    when an experiment of the recipe was run with the same holdout) and evaluates it."""
+    when an experiment of the recipe was run with the same holdout) and evaluates it (unless
+    that run's own evaluation is there, written after its adapter)."""
     cfg = TrainConfig(out=work / check, holdout=check, evaluate=True, **recipe_of(model_dir))
-    if _trained_with(cfg):
-        log.info("leaveout_reuse check=%s out=%s", check, cfg.out)
-    else:
+    if not _trained_with(cfg):
         train(cfg)
+        return evaluate_training_run(cfg.out)
+    log.info("leaveout_reuse check=%s out=%s", check, cfg.out)
+    evaluation = cfg.out / "eval.json"
+    if evaluation.is_file() and (
+        evaluation.stat().st_mtime >= (cfg.out / "adapter.safetensors").stat().st_mtime
+    ):
+        results: dict[str, Any] = json.loads(evaluation.read_text(encoding="utf-8"))["results"]
+        return results
     return evaluate_training_run(cfg.out)
 
 

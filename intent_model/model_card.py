@@ -44,6 +44,7 @@ def _recipe(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
         f"source; CLINC150 for {cfg['clinc_share']:.0%} of batches, the pretraining set for the "
         f"rest; intents drawn with weight size^{cfg['intent_power']}"
         + ("; each intent's name added as one more positive." if cfg["names"] else "."),
+        *_hard_negatives(cfg),
         f"- Supervised contrastive loss (temperature {cfg['temperature']}) at the Matryoshka "
         f"widths {dims}, plus {cfg['preserve']:g} x the mean squared difference between the "
         "in-batch cosine similarities of different-intent pairs under the model and under the "
@@ -52,6 +53,16 @@ def _recipe(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
         f"- {report['train_seconds']} s of training on `{report['device']}` "
         f"({report['threads']} threads, torch {report['torch']}); loss {report['first_loss']} -> "
         f"{report['last_loss']}.",
+    ]
+
+
+def _hard_negatives(cfg: dict[str, Any]) -> list[str]:
+    if not cfg.get("hard_share"):
+        return []
+    return [
+        f"- Hard negatives: {cfg['hard_share']:.0%} of each batch filled with neighbourhoods of "
+        f"{cfg['neighbourhood']} intents (an intent and the intents of its source that the base "
+        "model confuses it with most)."
     ]
 
 

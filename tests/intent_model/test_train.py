@@ -146,8 +146,11 @@ def test_leaveout_checks_train_the_recipe_without_each_group_and_reuse_finished_
     card = (model / "README.md").read_text()
     assert "## Leave-out checks" in card and "### clinc150:" in card
     adapter = work / "clinc150" / ADAPTER_WEIGHTS
-    before = adapter.stat().st_mtime_ns
+    evaluation = work / "clinc150" / "eval.json"
+    before, evaluated = adapter.stat().st_mtime_ns, evaluation.stat().st_mtime_ns
     assert leaveout_main([str(model), "--checks", "clinc150", "--work", str(work)]) == 0
     assert adapter.stat().st_mtime_ns == before  # the same recipe already ran: not retrained
+    assert evaluation.stat().st_mtime_ns == evaluated  # and its evaluation is read back
+    assert json.loads((model / "leaveout.json").read_text())["clinc150"] == results["clinc150"]
     with pytest.raises(SystemExit):
         leaveout_main([str(model), "--checks", "banking77"])
