@@ -71,7 +71,7 @@ def _measure(model_dir: str, variant: Variant, queries: list[str]) -> Raw:
     )  # fmt: skip
     ids = [t[: model.max_input_tokens] for t in model.tokenize(queries)]
     for start in range(0, 128, 32):
-        model.embed_ids(ids[start : start + 32])  # warm-up
+        model.embed_ids([ids[(start + k) % len(ids)] for k in range(32)])  # warm-up
     latencies: list[float] = []
     deadline = time.monotonic() + SECONDS
     while time.monotonic() < deadline or len(latencies) < 20:

@@ -3,15 +3,18 @@
 Candidates: PyTorch (the unpadded path for BERT encoders, transformers' padded forward for
 anything else, in the dtype `embed_service.precision` chose) and, on a CPU for BERT encoders
 when `onnxruntime` is installed, ONNX Runtime in float32 (`embed_service.onnx_forward`).
-`auto` times both on the same fixed inputs at load (single queries and one batch of 32, about
-a second) and keeps the faster; ONNX Runtime is kept only when its vectors agree with PyTorch's
-at cosine >= 0.9999 on those inputs. The measured times go to the log. Which CPU wins differs:
-the choice is measured, never inferred from the CPU's name (docs/performance.md).
+`auto` times both on the same fixed inputs at load (single queries, and batches of 16 and 64
+rows; a second or two) and keeps the faster per batch size: ONNX Runtime for batches up to the
+largest size where it won (half-way, geometrically, to the first size where it lost), PyTorch
+above. ONNX Runtime is kept only when its vectors agree with PyTorch's at cosine >= 0.9999 on
+those inputs. The measured times go to the log. Which CPU wins, and at which batch size,
+differs: the choice is measured, never inferred from the CPU's name (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -66,9 +69,10 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.min(np.sum(a * b, axis=1)))
 
 
-def _probe_batches(model: EmbeddingModel) -> list[list[list[int]]]:
+def _probe_batches(model: EmbeddingModel) -> dict[int, list[list[list[int]]]]:
+    """Per batch size, the batches timed: the single queries, then 16 and 64 rows of them."""
     ids = model.tokenize(list(_PROBE_TEXTS))
-    return [[row] for row in ids] + [ids * 8]
+    return {1: [[row] for row in ids], 16: [ids * 4], 64: [ids * 16]}
 
 
 def _seconds(model: EmbeddingModel, batches: list[list[list[int]]]) -> float:
@@ -78,28 +82,48 @@ def _seconds(model: EmbeddingModel, batches: list[list[list[int]]]) -> float:
     return time.perf_counter() - started
 
 
+def onnx_max_rows(torch_s: dict[int, float], onnx_s: dict[int, float]) -> int | None:
+    """The largest batch ONNX Runtime should run from the best times per probed size: None
+    where it won at every size, 0 where it lost at batch 1; else half-way (geometric) from the
+    last size it won at to the first it lost at."""
+    sizes = sorted(torch_s)
+    won = 0
+    for size in sizes:
+        if onnx_s[size] >= torch_s[size]:
+            return 0 if won == 0 else int(math.sqrt(won * size))
+        won = size
+    return None
+
+
 def _measure(model: EmbeddingModel, candidate: OnnxForward) -> str:
-    """Times PyTorch and ONNX Runtime in alternating rounds (best round of each counts) and
-    keeps ONNX Runtime when it is faster and agrees with PyTorch."""
-    batches = _probe_batches(model)
+    """Times PyTorch and ONNX Runtime in alternating rounds (best round of each counts, per
+    batch size) and keeps ONNX Runtime for the batch sizes where it is faster, if it agrees
+    with PyTorch."""
+    probes = _probe_batches(model)
     torch_name = model.backend
-    reference = model.embed_ids(batches[-1])
+    reference = model.embed_ids(probes[64][0])
     model.onnx = candidate
-    agreement = _min_cosine(reference, model.embed_ids(batches[-1]))
-    best = {"torch": float("inf"), "onnxruntime": float("inf")}
+    agreement = _min_cosine(reference, model.embed_ids(probes[64][0]))
+    best = {name: dict.fromkeys(probes, float("inf")) for name in ("torch", "onnxruntime")}
     for _ in range(_ROUNDS):
         for name, runner in (("torch", None), ("onnxruntime", candidate)):
             model.onnx = runner
-            model.embed_ids(batches[0])  # warm
-            best[name] = min(best[name], _seconds(model, batches))
-    keep = best["onnxruntime"] < best["torch"] and agreement >= MIN_COSINE
-    model.onnx = candidate if keep else None
+            model.embed_ids(probes[1][0])  # warm
+            for size, batches in probes.items():
+                best[name][size] = min(best[name][size], _seconds(model, batches))
+    limit = onnx_max_rows(best["torch"], best["onnxruntime"]) if agreement >= MIN_COSINE else 0
+    model.onnx = None if limit == 0 else candidate
+    model.onnx_max_rows = limit or None
     log.info(
-        "backend_probe torch=%s torch_ms=%.1f onnxruntime_ms=%.1f min_cosine=%.6f chosen=%s",
+        "backend_probe torch=%s torch_ms=%s onnxruntime_ms=%s min_cosine=%.6f chosen=%s",
         torch_name,
-        1000 * best["torch"],
-        1000 * best["onnxruntime"],
+        _per_size_ms(best["torch"]),
+        _per_size_ms(best["onnxruntime"]),
         agreement,
         model.backend,
     )
     return model.backend
+
+
+def _per_size_ms(seconds: dict[int, float]) -> str:
+    return ",".join(f"b{size}:{1000 * s:.1f}" for size, s in seconds.items())

@@ -94,8 +94,10 @@ class EmbeddingModel:
         self.revision = revision
         self.unpadded = unpadded
         self.unpadded_eligible = is_plain_bert(model)
-        # Set by `embed_service.backends.choose` when ONNX Runtime serves this model.
+        # Set by `embed_service.backends.choose` when ONNX Runtime serves this model: batches
+        # of up to `onnx_max_rows` inputs run there, larger ones on PyTorch.
         self.onnx: OnnxForward | None = None
+        self.onnx_max_rows: int | None = None  # None: every batch
         self.num_threads = torch.get_num_threads()
         self.tokenizer = tokenizer
         self.pooling = pooling
@@ -175,15 +177,21 @@ class EmbeddingModel:
 
     @property
     def dtype_name(self) -> str:
-        """The dtype the forward pass computes in (ONNX Runtime: float32)."""
-        return "float32" if self.onnx is not None else str(self.dtype).removeprefix("torch.")
+        """The dtype of PyTorch's forward where it runs any batch; ONNX Runtime's is float32."""
+        if self.onnx is not None and self.onnx_max_rows is None:
+            return "float32"
+        return str(self.dtype).removeprefix("torch.")
 
     @property
     def backend(self) -> str:
-        """Which forward pass runs: onnxruntime, torch-unpadded or torch-padded."""
-        if self.onnx is not None:
+        """Which forward pass runs: onnxruntime, torch-unpadded or torch-padded; when batches
+        are split by size, `onnxruntime<=N+torch-unpadded`."""
+        torch_name = "torch-unpadded" if self.unpadded is not None else "torch-padded"
+        if self.onnx is None:
+            return torch_name
+        if self.onnx_max_rows is None:
             return "onnxruntime"
-        return "torch-unpadded" if self.unpadded is not None else "torch-padded"
+        return f"onnxruntime<={self.onnx_max_rows}+{torch_name}"
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text without special tokens and without truncation.
@@ -215,7 +223,9 @@ class EmbeddingModel:
         every layer) works on the batch padded to its longest input, so callers group inputs
         of similar length.
         """
-        if self.onnx is not None:
+        if self.onnx is not None and (
+            self.onnx_max_rows is None or len(batch) <= self.onnx_max_rows
+        ):
             pooled = self.onnx(*self.pad_arrays(batch))
             if self.pooling.normalize:
                 pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,6 +93,46 @@ def test_auto_keeps_onnx_only_where_measured_faster_and_equal(
     model = EmbeddingModel.from_directory(tiny_model_dir, device="cpu", backend="auto")
     assert model.backend == chosen
     assert model.encode(["hello there"]).shape == (1, 32)
+
+
+@pytest.mark.parametrize(
+    ("torch_ms", "onnx_ms", "expected"),
+    [
+        ({1: 9, 16: 30, 64: 100}, {1: 3, 16: 20, 64: 90}, None),  # faster everywhere
+        ({1: 9, 16: 30, 64: 100}, {1: 3, 16: 20, 64: 120}, 32),  # lost at 64: up to 32
+        ({1: 9, 16: 30, 64: 100}, {1: 3, 16: 40, 64: 120}, 4),  # lost at 16: up to 4
+        ({1: 9, 16: 30, 64: 100}, {1: 9, 16: 20, 64: 90}, 0),  # a tie at batch 1: PyTorch
+    ],
+)
+def test_onnx_runs_batches_up_to_the_size_where_it_stops_winning(
+    torch_ms: dict[int, float], onnx_ms: dict[int, float], expected: int | None
+) -> None:
+    assert backends.onnx_max_rows(torch_ms, onnx_ms) == expected
+
+
+def test_auto_splits_batches_by_size_where_each_forward_wins(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def seconds(model: EmbeddingModel, batches: list[list[list[int]]]) -> float:
+        rows = len(batches[0])  # ONNX Runtime wins on small batches, PyTorch on 64 rows
+        return rows * (1.0 if model.onnx is None else (0.5 if rows < 64 else 2.0))
+
+    monkeypatch.setattr(backends, "_seconds", seconds)
+    model = EmbeddingModel.from_directory(tiny_model_dir, device="cpu", backend="auto")
+    assert model.backend == "onnxruntime<=32+torch-unpadded"
+    assert model.onnx is not None and model.onnx_max_rows == 32
+    calls: list[int] = []
+    session = model.onnx.session
+
+    class Counting:
+        def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
+            calls.append(len(feeds["input_ids"]))
+            return session.run(names, feeds)
+
+    monkeypatch.setattr(model.onnx, "session", Counting())
+    small, large = model.tokenize(TEXTS[:2]) * 16, model.tokenize(TEXTS[:2]) * 17
+    np.testing.assert_allclose(model.embed_ids(large)[:32], model.embed_ids(small), atol=2e-5)
+    assert calls == [32]  # 34 rows ran on PyTorch, 32 on ONNX Runtime
 
 
 def test_explicit_choices_are_kept_or_refused(tiny_model_dir: Path, tmp_path: Path) -> None:
