@@ -195,11 +195,10 @@ def run(report: Any) -> None:
         limit = limits[described.dtype]
         report.line(f"service: backend {described.backend}, dtype {described.dtype} on "
                     f"{described.device}; metering off")  # fmt: skip
-        peak = _rss_mib(pid, "VmHWM")
         same = raw_on_one_query(raw, described.backend, described.dtype, queries[0])
         report.line(f"{same.line(limit)}  (only the gRPC rows' query {queries[0]!r})")
         rows = _grpc_rows(report, address, metrics_port, pid, queries[0], same, limit)
-        peak = max(peak, _rss_mib(pid, "VmHWM"))
+        peak = _rss_mib(pid, "VmHWM")  # the high-water mark since start
     report.shared["grpc"] = rows
     report.line("targets:")
     report.line(f"  raw {ceiling.variant.name} best = {limit.fraction(ceiling.best_per_s):.2f} "

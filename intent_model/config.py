@@ -16,7 +16,8 @@ class TrainConfig:
     """Every knob of a run; recorded verbatim in metrics.json and the model card."""
 
     out: Path = field(
-        default=Path("embed_service/models/intent-embed"), metadata={"help": "output directory"}
+        default=Path("models/intent-embed"),
+        metadata={"help": "output directory (make train-intent: the shipped one)"},
     )
     base: Path | None = field(
         default=None, metadata={"help": "base model directory (default: packaged MiniLM)"}
