@@ -47,11 +47,20 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
         self.settings = settings
         self.metrics = metrics
         self.accepting = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def idle(self) -> None:
+        """Returns once no Embed call is in flight."""
+        await self._idle.wait()
 
     async def Embed(
         self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embed_pb2.EmbedResponse:
         self.metrics.inflight.inc()
+        self._in_flight += 1
+        self._idle.clear()
         code = grpc.StatusCode.OK
         try:
             return await self._embed(request)
@@ -67,6 +76,9 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
             await abort(context, grpc.StatusCode.INTERNAL, "internal error; retry later")
         finally:
             self.metrics.inflight.dec()
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
             self.metrics.requests.labels(code=code.name).inc()
 
     async def Info(
@@ -190,11 +202,14 @@ class EmbedServer:
         log.info("serving port=%d warmup_s=%.2f", self.port, time.monotonic() - started)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`."""
+        """Health NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`.
+
+        The port stays open until the in-flight calls are done: a call that reaches a draining
+        pod is answered UNAVAILABLE by the servicer, which the gateway's retry policy sends on."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         started = time.monotonic()
         self.servicer.accepting = False
-        await self.grpc_server.stop(grace)
+        await self.grpc_server.stop(grace, idle=self.servicer.idle)
         await self.batcher.close()
         await self.usage_sink.close()
         log.info("stopped seconds=%.2f", time.monotonic() - started)

@@ -3,15 +3,18 @@
 `GrpcServer` registers the standard health service (``""`` and the service's own name) and
 reflection next to the service, binds the port (0 picks a free one) and reports NOT_SERVING
 until the owner says it is ready; `stop` turns health NOT_SERVING before in-flight calls get
-their grace. `abort` ends a call with a status and its rich details (the field to fix, a reason
-clients branch on); `until_signalled` waits for SIGTERM or SIGINT.
+their grace, and can keep the port open until the owner's calls are done so that a call arriving
+meanwhile gets the owner's own refusal (UNAVAILABLE, which clients retry elsewhere) rather than
+the transport's CANCELLED. `abort` ends a call with a status and its rich details (the field to
+fix, a reason clients branch on); `until_signalled` waits for SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
@@ -59,10 +62,21 @@ class GrpcServer:
         """Health SERVING (or NOT_SERVING) for both names."""
         await self._set_health(_SERVING if serving else _NOT_SERVING)
 
-    async def stop(self, grace: float) -> None:
-        """Health NOT_SERVING for good, then in-flight calls get `grace` seconds to finish."""
+    async def stop(
+        self, grace: float, *, idle: Callable[[], Awaitable[object]] | None = None
+    ) -> None:
+        """Health NOT_SERVING for good, then in-flight calls get `grace` seconds to finish.
+
+        With `idle` (returns once the owner has no call in flight; the owner refuses new ones
+        itself) the server keeps listening until then, within `grace`, and stops after."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        deadline = time.monotonic() + grace
+        if idle is not None:
+            try:
+                await asyncio.wait_for(idle(), timeout=grace)
+            except TimeoutError:
+                pass
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", self.service_name):

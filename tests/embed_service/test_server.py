@@ -21,7 +21,7 @@ from tests.embed_service.harness import Gate, ServeFactory
 from tests.support.clinc150 import clinc_test_texts
 from tests.support.fake_metering import FakeMetering
 from tests.support.metrics import registry_value
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, eventually_equal
 
 TEXTS = ["how do i reset my pin", "my card was charged twice", "what is my balance"]
 
@@ -117,6 +117,35 @@ async def test_health_not_serving_until_warm_up_then_serving(
         for name in ("", SERVICE_NAME):
             reply = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_stop_keeps_listening_until_in_flight_calls_finish_and_refuses_new_ones(
+    serve: ServeFactory, tiny_model: EmbeddingModel, gate: Callable[[EmbeddingModel], Gate]
+) -> None:
+    async with serve(tiny_model) as running:
+        g = gate(tiny_model)
+        in_flight = asyncio.ensure_future(
+            running.stub.Embed(embed_pb2.EmbedRequest(inputs=["a"]), timeout=30)
+        )
+        await g.wait_started()
+        stopping = asyncio.create_task(running.server.stop(grace=30))
+        health = health_pb2_grpc.HealthStub(running.channel)
+
+
+        async def status() -> float:
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+            return float(reply.status)
+
+        await eventually_equal(status, health_pb2.HealthCheckResponse.NOT_SERVING, what="health")
+        # The transport is still open: the refusal is the service's own, which clients retry.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await running.stub.Embed(embed_pb2.EmbedRequest(inputs=["late"]), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in (caught.value.details() or "")
+        assert not stopping.done()
+        g.open()
+        assert len((await in_flight).embeddings) == 1
+        await asyncio.wait_for(stopping, timeout=10)
 
 
 async def test_full_queue_is_resource_exhausted_and_service_recovers(
