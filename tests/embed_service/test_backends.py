@@ -65,7 +65,9 @@ def test_onnx_and_torch_agree_on_mixed_lengths_and_cls_pooling(
         torch_model = EmbeddingModel.from_directory(target, device="cpu", backend="torch")
         onnx_model = EmbeddingModel.from_directory(target, device="cpu", backend="onnxruntime")
         assert onnx_model.pooling.mode == mode
-        np.testing.assert_allclose(onnx_model.encode(TEXTS), torch_model.encode(TEXTS), atol=2e-5)
+        # Two float32 runtimes sum in different orders (by CPU: up to 2.2e-5 seen on an AVX512
+        # EPYC); a real difference of the graphs shows up at 1e-2 and above.
+        np.testing.assert_allclose(onnx_model.encode(TEXTS), torch_model.encode(TEXTS), atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +133,7 @@ def test_auto_splits_batches_by_size_where_each_forward_wins(
 
     monkeypatch.setattr(model.onnx, "session", Counting())
     small, large = model.tokenize(TEXTS[:2]) * 16, model.tokenize(TEXTS[:2]) * 17
-    np.testing.assert_allclose(model.embed_ids(large)[:32], model.embed_ids(small), atol=2e-5)
+    np.testing.assert_allclose(model.embed_ids(large)[:32], model.embed_ids(small), atol=1e-4)
     assert calls == [32]  # 34 rows ran on PyTorch, 32 on ONNX Runtime
 
 

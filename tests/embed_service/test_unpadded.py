@@ -58,4 +58,5 @@ def test_padded_forward_can_be_chosen(tiny_model_dir: Path) -> None:
     unpadded = EmbeddingModel.from_directory(tiny_model_dir, device="cpu")
     assert padded.unpadded is None and unpadded.unpadded is not None
     texts = ["hello world", "set an alarm for seven tomorrow morning"]
-    np.testing.assert_allclose(padded.encode(texts), unpadded.encode(texts), atol=1e-5)
+    # Different kernels, different float32 summation order (1.8e-5 seen on an AVX512 EPYC).
+    np.testing.assert_allclose(padded.encode(texts), unpadded.encode(texts), atol=1e-4)
