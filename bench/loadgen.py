@@ -78,24 +78,38 @@ def grpc_frame(request: embed_pb2.EmbedRequest) -> bytes:
 def h2load(address: str, body: bytes, concurrency: int, seconds: float, server_pid: int) -> Load:
     """`concurrency` concurrent Embed calls on one HTTP/2 connection (as one gateway replica's
     channel) for `seconds` after a one-second warm-up. gRPC errors travel in trailers, which
-    h2load does not read: callers count them from the service's metrics."""
+    h2load does not read: callers count them from the service's metrics. A run in which no
+    call completed is not a measurement: it is run once more, then reported with h2load's
+    own output."""
+    load, out = _h2load_once(address, body, concurrency, seconds, server_pid)
+    if load.ok == 0:
+        load, out = _h2load_once(address, body, concurrency, seconds, server_pid)
+    if load.ok == 0:
+        raise RuntimeError(f"h2load completed no call at C={concurrency}:\n{out[-2000:]}")
+    return load
+
+
+def _h2load_once(
+    address: str, body: bytes, concurrency: int, seconds: float, server_pid: int
+) -> tuple[Load, str]:
     with tempfile.TemporaryDirectory() as tmp:
         body_file, log_file = Path(tmp) / "body", Path(tmp) / "log"
         body_file.write_bytes(body)
         cpu0, server0 = _children_cpu(), cpu_seconds(server_pid)
-        out = subprocess.run(
+        run = subprocess.run(
             ["h2load", "-D", f"{seconds:g}", "--warm-up-time=1", "-c", "1", "-m", str(concurrency),
              "-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
              "--log-file", str(log_file),
              f"http://{address}/intent_embed.v1.EmbedService/Embed"],
             capture_output=True, text=True, timeout=seconds + 120, check=True,
-        ).stdout  # fmt: skip
+        )  # fmt: skip
+        out = run.stdout + "\n" + run.stderr
         loadgen, server = _children_cpu() - cpu0, cpu_seconds(server_pid) - server0
         durations = _log_durations_ms(log_file.read_text())
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     ok = int(done.group(2)) if done else 0
     per_s = ok / seconds
-    return Load(
+    load = Load(
         name=f"gRPC C={concurrency}",
         per_s=per_s,
         p50_ms=_percentile(durations, 0.50),
@@ -105,6 +119,7 @@ def h2load(address: str, body: bytes, concurrency: int, seconds: float, server_p
         loadgen_share=loadgen / (seconds * (os.cpu_count() or 1)),
         server_cpu_ms=1000 * server / max(ok, 1),
     )
+    return load, out
 
 
 def _log_durations_ms(log: str) -> list[float]:

@@ -1,13 +1,18 @@
 """The benchmark's own arithmetic and plumbing: the limit's FLOPs by hand, the gRPC frame h2load
-sends, h2load's log read without its warm-up, and the GPU script's code run on the CPU."""
+sends, h2load's log read without its warm-up, a load run that completed nothing, and the GPU
+script's code run on the CPU."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench import loadgen
 from bench.limits import ModelShape, matmul_rate
 from bench.loadgen import _log_durations_ms, grpc_frame
 from intent_embed.v1 import embed_pb2
@@ -41,6 +46,30 @@ def test_h2load_log_skips_the_warm_up_second_and_failed_streams() -> None:
         "2200000\t200\t3000",
     ])  # fmt: skip
     assert _log_durations_ms(log) == [3.0, 7.0]
+
+
+def test_h2load_run_that_completed_nothing_is_retried_once_then_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = iter([
+        "requests: 64 total, 64 started, 0 done, 0 succeeded",
+        "requests: 900 total, 900 started, 900 done, 900 succeeded",
+        "requests: 64 total, 64 started, 0 done, 0 succeeded",
+        "requests: 64 total, 64 started, 0 done, 0 succeeded",
+    ])  # fmt: skip
+    runs: list[list[str]] = []
+
+    def fake_run(args: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        runs.append(args)
+        Path(args[args.index("--log-file") + 1]).write_text("")
+        return subprocess.CompletedProcess(args, 0, next(answers), "connection closed early")
+
+    monkeypatch.setattr(loadgen.subprocess, "run", fake_run)
+    load = loadgen.h2load("127.0.0.1:1", b"x", 64, 1.0, os.getpid())
+    assert load.ok == 900 and len(runs) == 2
+    with pytest.raises(RuntimeError, match=r"(?s)no call at C=64:.*connection closed early"):
+        loadgen.h2load("127.0.0.1:1", b"x", 64, 1.0, os.getpid())
+    assert len(runs) == 4
 
 
 @pytest.mark.slow
