@@ -99,6 +99,11 @@ def info(address: str) -> Any:
         return embed_pb2_grpc.EmbedServiceStub(channel).Info(embed_pb2.InfoRequest(), timeout=5)
 
 
+def service_line(described: Any) -> str:
+    """What a started service runs (its start-up probe may choose differently each start)."""
+    return f"service: backend {described.backend}, dtype {described.dtype} on {described.device}"
+
+
 _SPLIT = re.compile(r"onnxruntime<=(\d+)\+(.+)")
 
 
@@ -193,8 +198,7 @@ def run(report: Any) -> None:
         described = info(address)
         ceiling = served_raw(raw, described.backend, described.dtype)
         limit = limits[described.dtype]
-        report.line(f"service: backend {described.backend}, dtype {described.dtype} on "
-                    f"{described.device}; metering off")  # fmt: skip
+        report.line(f"{service_line(described)}; metering off")
         same = raw_on_one_query(raw, described.backend, described.dtype, queries[0])
         report.line(f"{same.line(limit)}  (only the gRPC rows' query {queries[0]!r})")
         rows = _grpc_rows(report, address, metrics_port, pid, queries[0], same, limit)

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from bench.embed import baseline, embed_service, info, served_raw
+from bench.embed import baseline, embed_service, info, served_raw, service_line
 from bench.loadgen import Load, ensure_tool, grpc_frame, h2load, wrk, wrk_script
 from devstack.probes import free_port, http_ok, stop_process, wait_ready
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc, metering_pb2
@@ -149,6 +149,7 @@ def run(report: Any) -> None:
         described = info(embed_addr)
         ceiling = served_raw(raw, described.backend, described.dtype)
         limit = limits[described.dtype]
+        report.line(f"{service_line(described)}; usage metering off, auth by a fake metering")
 
         def fraction(per_s: float) -> str:
             return (
