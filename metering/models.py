@@ -46,6 +46,9 @@ class Org(SQLModel, table=True):
     # After a decline or Stripe error, no new charge is attempted before this time.
     billing_retry_at: dt.datetime | None = None
     billing_failures: int = 0
+    # Set (the reason, for operators) after a hard decline or a charge that ran out of
+    # retries: no charge is attempted until a new payment method is recorded, which clears it.
+    billing_hold: str | None = Field(default=None, max_length=200)
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
@@ -139,6 +142,12 @@ class Charge(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=2000)
     attempts: int = 0
     next_attempt_at: dt.datetime | None = None
+    # When the first attempt was sent: retries stop 30 days (the setting) after it.
+    first_attempt_at: dt.datetime | None = None
+    # The Idempotency-Key the PaymentIntent creation was last sent with, and when it was
+    # first used: Stripe keeps a key's answer for 24 hours only, so an older one is not resent.
+    request_key: str | None = Field(default=None, max_length=120)
+    request_key_at: dt.datetime | None = None
     created_at: dt.datetime = Field(default_factory=utcnow)
     updated_at: dt.datetime = Field(default_factory=utcnow)
 
