@@ -93,8 +93,13 @@ def attach_stripe(engine: Engine, org_id: str, customer_id: str) -> Org:
         raise LedgerError(f"{customer_id!r} is not a Stripe customer id (cus_...)")
     with Session(engine) as session:
         org = _org(session, org_id)
+        if org.stripe_customer_id != customer_id:
+            # The old customer's payment method cannot pay for the new customer: charges use
+            # the new customer's default until a webhook records one of its own.
+            org.payment_method_id = None
         org.stripe_customer_id = customer_id
         # A new payment method: give billing a fresh chance right away.
+        org.billing_hold = None
         org.billing_state = STATE_OK
         org.billing_retry_at = None
         org.billing_failures = 0

@@ -3,23 +3,28 @@ exactly once.
 
 A run (every ``METERING_BILL_INTERVAL_S`` in the service, or ``admin bill-now``) does two steps:
 
-1. For each org with a Stripe customer and a payment method, no pending charge and no retry
-   pause: if ``owed_dollars(total_tokens)`` exceeds what succeeded and pending charges cover by
-   k > 0, commit a *pending* charge row of 100*k cents with sequence number n+1 and idempotency
-   key ``<org id>-<n+1>``, for the org's payment method of that moment. The unique (org, seq)
-   key, ``FOR UPDATE SKIP LOCKED`` on the org row (PostgreSQL) and SQLite's single writer mean
-   two workers never create two charges for the same dollars.
-2. Every due pending charge (new ones and ones left by a crash) is sent to Stripe as a
-   confirmed off-session PaymentIntent carrying its own ``Idempotency-Key``, so a resend after a
-   crash gets Stripe's first answer back instead of a second payment. On PostgreSQL the charge
-   row stays locked (``SKIP LOCKED``) while Stripe is called, so a second worker skips it; a
-   dead worker's lock goes with its connection. Then the row is updated:
+1. For each org with a Stripe customer and a payment method, no pending charge, no hold and
+   no retry pause: the charge policy (:mod:`metering.charge_policy`) says how many of its
+   uncharged whole dollars (``owed_dollars(total_tokens)`` minus what succeeded charges cover)
+   are due now; if k > 0 are, commit a *pending* charge row of 100*k cents with sequence
+   number n+1 and idempotency key ``<org id>-<n+1>``, for the org's payment method. The unique
+   (org, seq) key, ``FOR UPDATE SKIP LOCKED`` on the org row (PostgreSQL) and SQLite's single
+   writer mean two workers never create two charges for the same dollars.
+2. Every due pending charge (new ones, ones left by a crash, ones waiting for a retry) is sent
+   to Stripe (:mod:`metering.stripe_charges`: one PaymentIntent per charge, never a second
+   one for the same dollars). On PostgreSQL the charge row stays locked (``SKIP LOCKED``)
+   while Stripe is called, so a second worker skips it; a dead worker's lock goes with its
+   connection. Then the row is updated:
 
 - succeeded: the charge covers its dollars; the org is in good standing again;
-- card declined (or the intent needs the customer): failed, Stripe's message recorded, the org
-  goes past due and waits a growing pause; the debt stays owed and a later run charges it anew;
-- network errors, timeouts, 429 and 5xx: the SDK retries with the same key; if that fails the
-  row stays pending with the error and a backoff, and is resent later with the same key.
+- hard decline (lost or stolen card, ...): failed, the org goes past due and is on hold until
+  a new payment method is recorded; the debt stays owed and is charged anew then;
+- soft decline (insufficient funds, ...), network errors after the SDK's own resends, and any
+  other Stripe error: the row stays pending with the error and is retried after a pause of
+  hours, a bounded number of times (then it fails as a hard decline does).
+
+Times come from the worker's clock (injectable: the billing simulation runs months in
+seconds).
 
 What each answer does to the charge and the org is :mod:`metering.settlement`, shared with
 the webhooks that report an intent's outcome later (:mod:`metering.webhooks`). Without
@@ -39,6 +44,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from metering.charge_metadata import charge_metadata, project_tokens
+from metering.charge_policy import ChargePolicy, Clock, OrgDollars, Period
 from metering.models import (
     CHARGE_FAILED,
     CHARGE_PENDING,
@@ -57,8 +64,6 @@ from metering.stripe_charges import Outcome, StripeCharges
 
 log = logging.getLogger("metering.billing")
 
-# Stripe allows 50 metadata keys; 40 projects by name, the rest summed under "other".
-MAX_PROJECTS_IN_METADATA = 40
 MAX_CHARGE_DOLLARS = 999_999
 
 
@@ -68,12 +73,22 @@ class BillingConfig:
     stripe_api_base: str = "https://api.stripe.com"
     stripe_timeout_s: float = 30.0
     stripe_max_retries: int = 2
-    retry_base_s: float = 30.0
-    retry_max_s: float = 6 * 3600.0
+    retry_base_s: float = 3600.0
+    retry_max_s: float = 72 * 3600.0
+    max_attempts: int = 10
+    retry_window_s: float = 30 * 86400.0
+    charge_threshold_dollars: int = 20
+    charge_period: Period = "month"
 
     @property
     def retry(self) -> RetryPolicy:
-        return RetryPolicy(self.retry_base_s, self.retry_max_s)
+        return RetryPolicy(
+            self.retry_base_s, self.retry_max_s, self.max_attempts, self.retry_window_s
+        )
+
+    @property
+    def policy(self) -> ChargePolicy:
+        return ChargePolicy(self.charge_threshold_dollars, self.charge_period)
 
 
 def config_from(settings: Settings) -> BillingConfig:
@@ -84,6 +99,10 @@ def config_from(settings: Settings) -> BillingConfig:
         stripe_max_retries=settings.stripe_max_retries,
         retry_base_s=settings.bill_retry_base_s,
         retry_max_s=settings.bill_retry_max_s,
+        max_attempts=settings.bill_max_attempts,
+        retry_window_s=settings.bill_retry_window_s,
+        charge_threshold_dollars=settings.charge_threshold_dollars,
+        charge_period=settings.charge_period,
     )
 
 
@@ -107,12 +126,23 @@ def idempotency_key(org_id: str, seq: int) -> str:
     return f"{org_id}-{seq}"
 
 
+def _tokens_before(session: Session, org_id: str, start: dt.datetime) -> int:
+    """The org's tokens used on UTC days before `start` (a period's first day)."""
+    total = session.exec(
+        select(func.coalesce(func.sum(UsageDaily.tokens), 0)).where(
+            UsageDaily.org_id == org_id, UsageDaily.day < start.date().isoformat()
+        )
+    ).one()
+    return int(total)
+
+
 class BillingWorker:
     """One billing worker; any number may run at once against the same ledger."""
 
-    def __init__(self, engine: Engine, config: BillingConfig) -> None:
+    def __init__(self, engine: Engine, config: BillingConfig, clock: Clock = utcnow) -> None:
         self.engine = engine
         self.config = config
+        self.clock = clock
         self._postgres = engine.dialect.name == "postgresql"
         self._stripe = (
             StripeCharges(
@@ -129,13 +159,14 @@ class BillingWorker:
 
     def run_once(self) -> RunReport:
         report = RunReport()
-        now = utcnow()
+        now = self.clock()
         with Session(self.engine) as session:
             org_ids = list(
                 session.exec(
                     select(Org.id)
                     .where(col(Org.stripe_customer_id).is_not(None))
                     .where(Org.billing_state != STATE_NO_PAYMENT_METHOD)
+                    .where(col(Org.billing_hold).is_(None))
                     .order_by(col(Org.id))
                 ).all()
             )
@@ -163,6 +194,8 @@ class BillingWorker:
                 org = session.exec(query).first()
                 if org is None or not org.stripe_customer_id or not has_payment_method(org):
                     return None  # another worker holds this org, or its card went away
+                if org.billing_hold is not None:
+                    return None  # waits for a new payment method
                 if org.billing_retry_at is not None and org.billing_retry_at > now:
                     return None
                 charge = self._next_charge(session, org, org.stripe_customer_id, now)
@@ -170,7 +203,10 @@ class BillingWorker:
                     return None
                 # Read before the commit expires the row's attributes.
                 key, seq, cents, tokens = (
-                    charge.idempotency_key, charge.seq, charge.amount_cents, charge.tokens_to
+                    charge.idempotency_key,
+                    charge.seq,
+                    charge.amount_cents,
+                    charge.tokens_to,
                 )
                 session.add(charge)
                 session.commit()
@@ -187,23 +223,39 @@ class BillingWorker:
     def _next_charge(
         self, session: Session, org: Org, customer_id: str, now: dt.datetime
     ) -> Charge | None:
-        """The pending charge for what the org owes beyond what is covered, if anything."""
-        charges = session.exec(select(Charge).where(Charge.org_id == org.id)).all()
-        if any(c.state == CHARGE_PENDING for c in charges):
+        """The pending charge for the dollars the policy says are due now, if any."""
+        seqs = session.exec(
+            select(Charge.seq, Charge.state, Charge.created_at).where(Charge.org_id == org.id)
+        ).all()
+        if any(state == CHARGE_PENDING for _, state, _ in seqs):
             return None  # one charge in flight per org: it is resent in step 2
         tokens = total_tokens(session, org.id)
         covered = charged_dollars(session, org.id)
+        start = self.config.policy.period_start(now)
+        dollars = OrgDollars(
+            uncharged=owed_dollars(tokens) - covered,
+            closed_uncharged=owed_dollars(_tokens_before(session, org.id, start)) - covered,
+            charged_this_period=any(
+                state == CHARGE_SUCCEEDED and created >= start for _, state, created in seqs
+            ),
+        )
         # Stripe's largest single charge is $999,999.99; more waits for the next run.
-        k = min(owed_dollars(tokens) - covered, MAX_CHARGE_DOLLARS)
+        k = min(self.config.policy.dollars_to_charge(dollars), MAX_CHARGE_DOLLARS)
         if k <= 0:
             return None
-        seq = max((c.seq for c in charges), default=0) + 1
-        covering = [c for c in charges if c.state == CHARGE_SUCCEEDED]
-        last = max(covering, key=lambda c: c.seq, default=None)
+        seq = max((n for n, _, _ in seqs), default=0) + 1
+        last = session.exec(
+            select(Charge)
+            .where(Charge.org_id == org.id, Charge.state == CHARGE_SUCCEEDED)
+            .order_by(col(Charge.seq).desc())
+            .limit(1)
+        ).first()
         tokens_from = last.tokens_to if last else 0
         before: Mapping[str, int] = json.loads(last.project_tokens_json) if last else {}
-        projects = self._project_tokens(session, org.id)
-        metadata = self._metadata(org.id, seq, tokens_from, tokens, covered, k, projects, before)
+        projects = project_tokens(session, org.id)
+        metadata = charge_metadata(
+            org.id, seq, (tokens_from, tokens), (covered, covered + k), projects, before
+        )
         return Charge(
             org_id=org.id,
             seq=seq,
@@ -221,48 +273,10 @@ class BillingWorker:
             updated_at=now,
         )
 
-    @staticmethod
-    def _project_tokens(session: Session, org_id: str) -> dict[str, int]:
-        rows = session.exec(
-            select(UsageDaily.project_id, func.sum(UsageDaily.tokens))
-            .where(UsageDaily.org_id == org_id)
-            .group_by(col(UsageDaily.project_id))
-        ).all()
-        return {project or "": int(tokens) for project, tokens in rows}
-
-    @staticmethod
-    def _metadata(
-        org_id: str,
-        seq: int,
-        tokens_from: int,
-        tokens_to: int,
-        covered: int,
-        k: int,
-        projects: Mapping[str, int],
-        before: Mapping[str, int],
-    ) -> dict[str, str]:
-        metadata = {
-            "org_id": org_id,
-            "charge_seq": str(seq),
-            "tokens_from": str(tokens_from),
-            "tokens_to": str(tokens_to),
-            "dollars_from": str(covered),
-            "dollars_to": str(covered + k),
-            "price": "94 cents per 1M tokens",
-        }
-        delta = {p: t - before.get(p, 0) for p, t in projects.items() if t - before.get(p, 0)}
-        ranked = sorted(delta.items(), key=lambda item: (-item[1], item[0]))
-        for project, tokens in ranked[:MAX_PROJECTS_IN_METADATA]:
-            metadata[f"project:{project or 'none'}"] = str(tokens)
-        rest = sum(tokens for _, tokens in ranked[MAX_PROJECTS_IN_METADATA:])
-        if rest:
-            metadata["project:other"] = str(rest)
-        return metadata
-
     # ---- step 2: send pending charges ------------------------------------------------------
 
     def _send_pending(self, report: RunReport) -> None:
-        now = utcnow()
+        now = self.clock()
         with Session(self.engine) as session:
             due = session.exec(
                 select(Charge.id, Charge.idempotency_key)
@@ -283,7 +297,13 @@ class BillingWorker:
             report.still_pending.extend(key for _, key in due)
             return
         for charge_id, key in due:
-            outcome = self._send_one(int(charge_id))  # type: ignore[arg-type]
+            try:
+                outcome = self._send_one(int(charge_id))  # type: ignore[arg-type]
+            except Exception:
+                # Stripe errors are outcomes already; this is a bug or the ledger failing.
+                # Either way the other orgs' charges still go out.
+                log.exception("event=charge_send_crashed key=%s", key)
+                continue
             if outcome == CHARGE_SUCCEEDED:
                 report.succeeded.append(key)
             elif outcome == CHARGE_FAILED:
@@ -321,10 +341,12 @@ class BillingWorker:
 
     def _stripe_attempt(self, charge: Charge) -> Outcome:
         assert self._stripe is not None
-        return self._stripe.attempt(charge)
+        return self._stripe.attempt(charge, self.clock())
 
     def _apply(self, session: Session, charge: Charge, outcome: Outcome) -> str:
+        now = self.clock()
         charge.attempts += 1
-        state = settle(session, charge, outcome, self.config.retry, utcnow())
+        charge.first_attempt_at = charge.first_attempt_at or now
+        state = settle(session, charge, outcome, self.config.retry, now)
         session.commit()
         return state

@@ -129,5 +129,10 @@ def self_service_from(settings: Settings, engine: Engine) -> SelfService:
         if settings.stripe_api_key
         else None
     )
-    retry = RetryPolicy(settings.bill_retry_base_s, settings.bill_retry_max_s)
+    retry = RetryPolicy(
+        settings.bill_retry_base_s,
+        settings.bill_retry_max_s,
+        settings.bill_max_attempts,
+        settings.bill_retry_window_s,
+    )
     return SelfService(engine, accounts, settings.stripe_webhook_secret, retry)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from metering.charge_policy import Period
+
 
 class Settings(BaseSettings):
     """Central metering settings (env prefix ``METERING_``)."""
@@ -40,11 +42,32 @@ class Settings(BaseSettings):
     bill_interval_s: float = Field(
         300.0, ge=0, description="seconds between billing runs in the service (0: no worker)"
     )
+    charge_threshold_dollars: int = Field(
+        20,
+        ge=1,
+        description="charge an org as soon as its uncharged whole dollars reach this; below "
+        "it, at most one charge per period",
+    )
+    charge_period: Period = Field(
+        "month",
+        description="billing period (UTC calendar month, ISO week or day): at its end the "
+        "whole dollars owed are charged, if at least $1",
+    )
     bill_retry_base_s: float = Field(
-        30.0, gt=0, description="first retry pause after a Stripe error or decline (doubles)"
+        3600.0,
+        gt=0,
+        description="first retry pause after a soft decline or a Stripe error (doubles)",
     )
     bill_retry_max_s: float = Field(
-        6 * 3600.0, gt=0, description="cap of the retry pause after Stripe errors or declines"
+        72 * 3600.0, gt=0, description="cap of the retry pause after soft declines or errors"
+    )
+    bill_max_attempts: int = Field(
+        10, ge=1, description="most attempts of one charge before it waits for a new card"
+    )
+    bill_retry_window_s: float = Field(
+        30 * 86400.0,
+        gt=0,
+        description="no attempt of a charge later than this after its first attempt",
     )
     max_unpaid_usd: int = Field(
         50, ge=0, description="owed but not yet paid dollars above which billing_ok is false"

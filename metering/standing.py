@@ -67,6 +67,13 @@ def billing_status(session: Session, org: Org, max_unpaid_usd: int) -> BillingSt
         )
     unpaid = owed_dollars(total_tokens(session, org.id)) - charged_dollars(session, org.id)
     over = unpaid > max_unpaid_usd
+    if org.billing_state == STATE_PAST_DUE and org.billing_hold:
+        message = (
+            f"Organization {org.id} is past due: its payment method was declined and will not "
+            f"be charged again; a new payment method is needed (${unpaid} unpaid, limit "
+            f"${max_unpaid_usd})."
+        )
+        return BillingStatus(not over, STATE_PAST_DUE, message)
     if org.billing_state == STATE_PAST_DUE:
         message = (
             f"Organization {org.id} is past due: the last charge to its payment method failed "

@@ -15,7 +15,8 @@ are safe to repeat. The events acted on:
 - ``payment_intent.succeeded``, ``payment_intent.payment_failed``, ``payment_intent.canceled``:
   the charge of that intent (found by its id, or by the org and sequence number in its
   metadata) is settled as the billing worker settles it (:mod:`metering.settlement`), only if
-  it is still pending, so an answer the worker already wrote is never counted twice; a late
+  it is still pending and not a decline the worker saw itself (it retries soft declines on
+  the same intent), so an answer the worker already wrote is never counted twice; a late
   success of a charge marked failed is written too (the money arrived: it covers its dollars).
 
 Every other type is acknowledged and ignored.
@@ -216,6 +217,7 @@ class StripeWebhooks:
             return UNCHANGED, org.id
         # A new payment method: billing gets a fresh chance at once, as after `attach-stripe`.
         org.payment_method_id = payment_method
+        org.billing_hold = None  # the wait after a hard decline ends here
         org.billing_state = STATE_OK
         org.billing_failures = 0
         org.billing_retry_at = None
@@ -246,8 +248,9 @@ class StripeWebhooks:
                 log.warning("event=late_success org=%s seq=%d", charge.org_id, charge.seq)
             outcome = Outcome(CHARGE_SUCCEEDED, None, intent_id, status or "succeeded")
         else:
-            if charge.state != CHARGE_PENDING:
-                return UNCHANGED, charge.org_id  # the worker wrote this answer already
+            if charge.state != CHARGE_PENDING or charge.stripe_status == "declined":
+                # The worker wrote this answer already (a soft decline: it retries later).
+                return UNCHANGED, charge.org_id
             error = (obj.get("last_payment_error") or {}).get("message") or kind
             outcome = Outcome(CHARGE_FAILED, f"payment failed: {error}", intent_id, status)
         return "charge_" + settle(session, charge, outcome, self._retry, utcnow()), charge.org_id

@@ -1,20 +1,25 @@
 """A fake Stripe HTTP API on 127.0.0.1, used through the real ``stripe`` SDK in tests.
 
-It implements what the billing worker touches: customers and PaymentIntents (create with
-confirm, retrieve), Stripe's Idempotency-Key semantics (same key and same body: the first
-answer replayed; same key, other body: an idempotency error), and scripted faults for the next
-PaymentIntent creations: card declines, HTTP 500 before anything happens, slow answers (the
-intent is created first, the answer comes late: a client that gives up or dies has still been
-charged) and intents left processing (their end comes later, by webhook). Self-service billing
-(Checkout, Billing Portal, SetupIntents, PaymentMethods, signed webhook delivery) is
-:mod:`tests.fakes.fake_stripe_billing`. Every request is recorded for assertions. Run it in a
-thread (``FakeStripe().start()``) or as a process (``python -m tests.fakes.fake_stripe``).
+It implements what the billing worker touches: customers (a customer the fake never saw is
+answered as one an operator set up outside, with a default card), PaymentIntents (create with
+confirm, which needs a payment method as at Stripe; confirm again; retrieve; search by
+metadata), Stripe's Idempotency-Key semantics (same key and same body: the first answer
+replayed; same key, other body: an idempotency error; `forget_keys` prunes them as Stripe does
+after 24 hours), and scripted faults for the next PaymentIntent creations or confirmations:
+card declines with a decline code, HTTP 500 before anything happens, 403 (a restricted key),
+slow answers (the intent is created first, the answer comes late: a client that gives up or
+dies has still been charged) and intents left processing (their end comes later, by webhook).
+Self-service billing (Checkout, Billing Portal, SetupIntents, PaymentMethods, signed webhook
+delivery) is :mod:`tests.fakes.fake_stripe_billing`. Every request is recorded for assertions.
+Run it in a thread (``FakeStripe().start()``) or as a process
+(``python -m tests.fakes.fake_stripe``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import secrets
 import threading
 import time
@@ -23,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
-from tests.fakes.fake_stripe_billing import BillingObjects
+from tests.fakes.fake_stripe_billing import BillingObjects, Route
 
 
 @dataclass
@@ -115,9 +120,24 @@ class FakeStripe(BillingObjects):
             self._server.server_close()
 
     def then(self, *steps: str) -> None:
-        """Queues behaviours of the next PaymentIntent creations: "decline", "500",
-        "slow:<seconds>" (create, then answer late), "processing" (left processing), "ok"."""
+        """Queues behaviours of the next PaymentIntent creations or confirmations: "decline"
+        (generic_decline), "decline:<decline code>", "500", "403", "slow:<seconds>" (create,
+        then answer late), "processing" (left processing), "ok"."""
         self.script.extend(steps)
+
+    def add_customer(self, customer_id: str, default_payment_method: str | None) -> None:
+        """A customer set up at Stripe, with that invoice default payment method (or none)."""
+        settings = {"default_payment_method": default_payment_method}
+        with self._lock:
+            self.customers[customer_id] = {
+                "id": customer_id, "object": "customer", "metadata": {},
+                "invoice_settings": settings,
+            }  # fmt: skip
+
+    def forget_keys(self) -> None:
+        """Drops every stored idempotent answer, as Stripe prunes keys after 24 hours."""
+        with self._lock:
+            self._idempotent.clear()
 
     def intents_for(self, customer: str) -> list[dict[str, Any]]:
         return [pi for pi in self.payment_intents.values() if pi["customer"] == customer]
@@ -130,8 +150,9 @@ class FakeStripe(BillingObjects):
     def _handle(self, http: BaseHTTPRequestHandler, method: str) -> None:
         length = int(http.headers.get("Content-Length") or 0)
         raw = http.rfile.read(length).decode() if length else ""
-        pairs = parse_qsl(raw, keep_blank_values=True)
-        path = http.path.split("?", 1)[0]
+        url = urlsplit(http.path)
+        pairs = parse_qsl(raw or url.query, keep_blank_values=True)
+        path = url.path
         if path.startswith(("/pay/", "/portal/")):
             self._send_page(http, *self.page(method, path))
             return
@@ -183,9 +204,7 @@ class FakeStripe(BillingObjects):
             self._send(http, record, stored.status, stored.answer, replayed=True)
         return busy or stored is not None
 
-    def _route(
-        self, method: str, path: str, params: dict[str, Any]
-    ) -> tuple[int, dict[str, Any], float, bool]:
+    def _route(self, method: str, path: str, params: dict[str, Any]) -> Route:
         parts = [p for p in path.split("/") if p]
         routed = self._route_billing(method, parts, params)
         if routed is not None:
@@ -200,10 +219,14 @@ class FakeStripe(BillingObjects):
                 }
                 self.customers[cus["id"]] = cus
                 return 200, cus, 0.0, True
-            if method == "GET" and len(parts) == 3 and parts[2] in self.customers:
-                return 200, self.customers[parts[2]], 0.0, False
+            if method == "GET" and len(parts) == 3 and parts[2].startswith("cus_"):
+                return 200, self._customer(parts[2]), 0.0, False
             return 404, _error("invalid_request_error", "No such customer"), 0.0, False
         if parts[:2] == ["v1", "payment_intents"]:
+            if method == "GET" and parts[2:] == ["search"]:
+                return 200, self._search_intents(str(params.get("query", ""))), 0.0, False
+            if method == "POST" and len(parts) == 4 and parts[3] == "confirm":
+                return self._confirm_intent(parts[2], params)
             if method == "GET" and len(parts) == 3:
                 pi = self.payment_intents.get(parts[2])
                 if pi is None:
@@ -213,20 +236,36 @@ class FakeStripe(BillingObjects):
                 return self._create_intent(params)
         return 404, _error("invalid_request_error", f"Unrecognized request URL {path}"), 0, False
 
-    def _create_intent(self, params: dict[str, Any]) -> tuple[int, dict[str, Any], float, bool]:
+    def _next_step(self) -> tuple[str, Route | None]:
+        """The next scripted behaviour, and the answer it makes before anything happens."""
         with self._lock:
             step = self.script.popleft() if self.script else "ok"
         if step == "500":
             # Fails before anything is created, and is not stored: a resend is processed.
-            return 500, _error("api_error", "Something went wrong on Stripe's end."), 0.0, False
+            return step, (
+                500,
+                _error("api_error", "Something went wrong on Stripe's end."),
+                0,
+                False,
+            )
+        if step == "403":
+            message = "The provided key does not have the required permissions."
+            return step, (403, _error("invalid_request_error", message), 0.0, False)
+        return step, None
+
+    def _create_intent(self, params: dict[str, Any]) -> Route:
+        step, early = self._next_step()
+        if early is not None:
+            return early
         try:
             amount = int(params["amount"])
         except (KeyError, ValueError):
             return 400, _error("invalid_request_error", "Missing required param: amount."), 0, True
+        if params.get("confirm") == "true" and not params.get("payment_method"):
+            # PaymentIntents never fall back to the customer's invoice default.
+            message = "You cannot confirm this PaymentIntent because it's missing a payment method."
+            return 400, _error("invalid_request_error", message), 0.0, True
         customer = str(params.get("customer", ""))
-        declined = step == "decline" or customer in self.declining_customers
-        processing = step == "processing" or customer in self.processing_customers
-        status = "processing" if processing else "succeeded"
         pi = {
             "id": "pi_" + secrets.token_hex(8),
             "object": "payment_intent",
@@ -238,20 +277,66 @@ class FakeStripe(BillingObjects):
             "metadata": params.get("metadata", {}),
             "description": params.get("description"),
             "payment_method": params.get("payment_method"),
-            "status": "requires_payment_method" if declined else status,
             "created": int(time.time()),
+            "confirmations": 1,
         }
         with self._lock:
             self.payment_intents[pi["id"]] = pi
         self.created.set()
+        return self._charge(pi, step)
+
+    def _confirm_intent(self, intent_id: str, params: dict[str, Any]) -> Route:
+        pi = self.payment_intents.get(intent_id)
+        if pi is None:
+            return 404, _error("invalid_request_error", "No such payment_intent"), 0.0, False
+        if pi["status"] not in ("requires_payment_method", "requires_confirmation"):
+            message = f"This PaymentIntent's status is {pi['status']}: it cannot be confirmed."
+            return 400, _error("invalid_request_error", message), 0.0, True
+        step, early = self._next_step()
+        if early is not None:
+            return early
+        with self._lock:
+            pi["payment_method"] = params.get("payment_method") or pi["payment_method"]
+            pi["confirmations"] += 1
+        return self._charge(pi, step)
+
+    def _charge(self, pi: dict[str, Any], step: str) -> Route:
+        """Confirms `pi` as the scripted `step` says: succeeded, processing or declined."""
+        customer = pi["customer"]
+        declined = step.startswith("decline") or customer in self.declining_customers
+        processing = step == "processing" or customer in self.processing_customers
+        with self._lock:
+            pi["status"] = (
+                "requires_payment_method"
+                if declined
+                else "processing"
+                if processing
+                else "succeeded"
+            )
         delay = float(step.split(":", 1)[1]) if step.startswith("slow:") else self.delay_s
         if declined:
+            code = step.split(":", 1)[1] if ":" in step else "generic_decline"
             error = _error("card_error", "Your card was declined.")
-            error["error"].update(
-                code="card_declined", decline_code="generic_decline", payment_intent=pi
-            )
+            error["error"].update(code="card_declined", decline_code=code, payment_intent=dict(pi))
             return 402, error, delay, True
-        return 200, pi, delay, True
+        return 200, dict(pi), delay, True
+
+    def _search_intents(self, query: str) -> dict[str, Any]:
+        """Stripe's search, for queries of metadata['key']:'value' clauses joined by AND."""
+        wanted = dict(re.findall(r"metadata\['([^']*)'\]:'([^']*)'", query))
+        found = [
+            pi for pi in self.payment_intents.values()
+            if all(pi.get("metadata", {}).get(k) == v for k, v in wanted.items())
+        ]  # fmt: skip
+        return {"object": "search_result", "data": found, "has_more": False, "url": "/v1/search"}
+
+    def _customer(self, customer_id: str) -> dict[str, Any]:
+        with self._lock:
+            known = customer_id in self.customers
+        if not known:
+            # Set up outside (an operator attached it): it has a default card.
+            self.add_customer(customer_id, f"pm_default_{customer_id}")
+        return self.customers[customer_id]
 
     def _send(
         self,

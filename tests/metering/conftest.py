@@ -1,6 +1,6 @@
 """Fixtures of the metering tests: a migrated SQLite ledger per test, a PostgreSQL ledger in
 its own schema when METERING_TEST_DATABASE_URL is set, the gRPC server in-process, and the fake
-Stripe API."""
+Stripe API with self-service billing delivering its webhooks to the ledger."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from intent_embed.v1 import metering_pb2_grpc
+from metering.billing_setup import SelfService
 from metering.database import make_engine, migrate
 from metering.ledger import Ledger
 from metering.server import Metrics, start_server
 from metering.settings import Settings
+from metering.settlement import RetryPolicy
+from metering.stripe_accounts import StripeAccounts
 from tests.fakes.fake_stripe import FakeStripe
-from tests.metering.harness import Service
+from tests.metering.harness import KEY, SECRET, Service, deliver_to
 
 PG_URL_ENV = "METERING_TEST_DATABASE_URL"
 
@@ -86,3 +89,13 @@ def fake() -> Iterator[FakeStripe]:
     server = FakeStripe().start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def desk(ledger: Ledger, fake: FakeStripe) -> SelfService:
+    """Self-service billing on the ledger, Stripe being the fake, which delivers to it."""
+    fake.webhook_secret = SECRET
+    accounts = StripeAccounts(KEY, fake.base_url, max_retries=0, timeout_s=5.0)
+    service = SelfService(ledger.engine, accounts, SECRET, RetryPolicy(30.0, 3600.0))
+    fake.webhook_sink = deliver_to(service)
+    return service

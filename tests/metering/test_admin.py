@@ -22,11 +22,13 @@ from metering.usage import Event
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def admin(url: str, *args: str, ok: bool = True) -> Any:
+def admin(url: str, *args: str, ok: bool = True, **env: str) -> Any:
     """Runs the CLI in-process (same entry point as `python -m metering admin`): fast."""
     out, err = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("METERING_DATABASE_URL", url)
+        for name, value in env.items():
+            mp.setenv(name, value)
         mp.setattr(sys, "stdout", out)
         mp.setattr(sys, "stderr", err)
         code = metering_main(["admin", *args, "--json"])
@@ -115,7 +117,10 @@ def test_org_project_key_life_cycle_and_usage(sqlite_url: str) -> None:
     with pytest.raises(Unauthenticated):
         ledger.authenticate(key["api_key"])
 
-    bill = admin(sqlite_url, "bill-now")  # Stripe off: the charge is computed and pending
+    # $4 owed is below the default $20 threshold, and the month has not ended: no charge.
+    assert admin(sqlite_url, "bill-now")["created"] == []
+    # From the first dollar, with Stripe off: the charge is computed and stays pending.
+    bill = admin(sqlite_url, "bill-now", METERING_CHARGE_THRESHOLD_DOLLARS="1")
     assert bill["pending"] == [f"{org_id}-1"]
     (charge,) = admin(sqlite_url, "charges", "--org", org_id)
     assert (charge["amount_cents"], charge["state"]) == (400, "pending")

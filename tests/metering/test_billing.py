@@ -1,5 +1,7 @@
 """The billing worker against the fake Stripe API through the real stripe SDK: whole-dollar
-amounts from cumulative tokens, exactly-once charges, declines, 500s, timeouts, Stripe off."""
+amounts from cumulative tokens, exactly-once charges, the payment method charged, 500s,
+timeouts, Stripe off. Declines are :mod:`tests.metering.test_declines`, when to charge
+:mod:`tests.metering.test_charge_policy`."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ import threading
 import pytest
 import stripe
 
+from metering.billing_setup import SelfService
 from metering.ledger import Ledger
 from metering.pricing import owed_dollars
 from metering.usage import Event
 from tests.fakes.fake_stripe import FakeStripe
-from tests.metering.harness import KEY, use, worker
+from tests.metering.harness import KEY, org_row, paying_org, use, worker
 
 
 def charged(ledger: Ledger, org: str) -> int:
@@ -127,27 +130,43 @@ def test_org_without_customer_is_not_charged_but_keeps_its_debt(
     assert [pi["amount"] for pi in fake.intents_for("cus_late")] == [400]
 
 
-def test_decline_marks_past_due_keeps_debt_and_retries(ledger: Ledger, fake: FakeStripe) -> None:
+def test_the_customers_default_payment_method_is_charged(ledger: Ledger, fake: FakeStripe) -> None:
+    # A customer an operator attached: its card was set up at Stripe, not through us.
+    fake.add_customer("cus_acme", "pm_house")
     org = ledger.create_org("acme", "cus_acme").id
+    use(ledger, org, 5_000_000)
+    assert worker(ledger, fake).run_once().succeeded == [f"{org}-1"]
+    (pi,) = fake.intents_for("cus_acme")
+    assert (pi["payment_method"], pi["amount"], pi["status"]) == ("pm_house", 400, "succeeded")
+    (charge,) = ledger.list_charges(org)
+    assert charge.payment_method_id == "pm_house"
+
+
+def test_a_customer_without_any_payment_method_is_not_charged(
+    ledger: Ledger, fake: FakeStripe
+) -> None:
+    fake.add_customer("cus_bare", None)
+    org = ledger.create_org("bare", "cus_bare").id
     _, key = ledger.create_key(org)
     use(ledger, org, 5_000_000)
-    fake.then("decline")
-    report = worker(ledger, fake, retry_base_s=60).run_once()
-    assert report.failed == [f"{org}-1"]
-    (charge,) = ledger.list_charges(org)
-    assert charge.state == "failed" and "declined" in (charge.error or "")
-    auth = ledger.authenticate(key)
-    assert auth.billing.state == "past_due" and "past due" in auth.billing.message
-    # Inside the retry pause nothing is attempted; the debt is still owed.
-    assert worker(ledger, fake).run_once().created == []
+    assert worker(ledger, fake).run_once().failed == [f"{org}-1"]
+    assert fake.intents_for("cus_bare") == []
+    assert ledger.authenticate(key).billing.state == "no_payment_method"
     assert ledger.usage(org).owed_dollars == 4 and charged(ledger, org) == 0
-    # After the pause the same dollars are charged again, as a new charge.
-    with ledger.engine.begin() as conn:
-        conn.exec_driver_sql("UPDATE orgs SET billing_retry_at = NULL")
-    report = worker(ledger, fake).run_once()
-    assert report.succeeded == [f"{org}-2"]
-    assert charged(ledger, org) == 4
-    assert ledger.authenticate(key).billing.state == "ok"
+
+
+def test_attaching_another_customer_forgets_the_old_payment_method(
+    ledger: Ledger, desk: SelfService, fake: FakeStripe
+) -> None:
+    org, _, old_method = paying_org(ledger, desk, fake)
+    fake.add_customer("cus_other", "pm_other")
+    ledger.attach_stripe(org, "cus_other")
+    assert org_row(ledger, org).payment_method_id is None
+    use(ledger, org, 5_000_000)
+    worker(ledger, fake).run_once()
+    (pi,) = fake.payment_intents.values()
+    assert (pi["customer"], pi["payment_method"]) == ("cus_other", "pm_other")
+    assert pi["payment_method"] != old_method
 
 
 def test_stripe_500_is_resent_with_the_same_key(ledger: Ledger, fake: FakeStripe) -> None:
@@ -199,7 +218,8 @@ def test_timeout_is_resent_with_the_same_key_and_charges_once(
 
 def test_fake_stripe_idempotency(fake: FakeStripe) -> None:
     client = stripe.StripeClient(KEY, base_addresses={"api": fake.base_url})
-    params = {"amount": 100, "currency": "usd", "customer": "cus_x", "confirm": True}
+    params = {"amount": 100, "currency": "usd", "customer": "cus_x", "confirm": True,
+              "payment_method": "pm_x"}  # fmt: skip
     first = client.v1.payment_intents.create(params, {"idempotency_key": "k1"})  # type: ignore[arg-type]
     again = client.v1.payment_intents.create(params, {"idempotency_key": "k1"})  # type: ignore[arg-type]
     assert first.id == again.id and len(fake.payment_intents) == 1

@@ -5,11 +5,8 @@ SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 import grpc
 import pytest
@@ -21,63 +18,28 @@ from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 from metering.billing_setup import CHECKOUT, PORTAL, SelfService
 from metering.errors import BadSignature, StripeNotConfigured
 from metering.ledger import Ledger
-from metering.models import Org, StripeEvent
+from metering.models import StripeEvent
 from metering.server import Metrics, start_server
 from metering.settings import Settings
 from metering.settlement import RetryPolicy
-from metering.stripe_accounts import StripeAccounts
 from tests.fakes.fake_stripe import FakeStripe
 from tests.fakes.fake_stripe_billing import Delivery, signature_header
-from tests.metering.harness import KEY, Service, use, worker
-
-SECRET = "whsec_test_metering"
-RETURN_URL = "https://api.example.test/dashboard"
-
-
-def deliver_to(service: SelfService) -> Callable[[bytes, str], tuple[int, dict[str, Any]]]:
-    """The fake's webhook sink: what the gateway does with a delivery, without HTTP."""
-
-    def deliver(payload: bytes, signature: str) -> tuple[int, dict[str, Any]]:
-        try:
-            return 200, dataclasses.asdict(service.apply_event(payload, signature))
-        except BadSignature as exc:
-            return 400, {"error": str(exc)}
-
-    return deliver
-
-
-@pytest.fixture
-def desk(ledger: Ledger, fake: FakeStripe) -> SelfService:
-    """Self-service billing on the ledger, Stripe being the fake, which delivers to it."""
-    fake.webhook_secret = SECRET
-    accounts = StripeAccounts(KEY, fake.base_url, max_retries=0, timeout_s=5.0)
-    service = SelfService(ledger.engine, accounts, SECRET, RetryPolicy(30.0, 3600.0))
-    fake.webhook_sink = deliver_to(service)
-    return service
-
-
-def org_row(ledger: Ledger, org_id: str) -> Org:
-    with Session(ledger.engine) as session:
-        org = session.get(Org, org_id)
-        assert org is not None
-        return org
+from tests.metering.harness import (
+    KEY,
+    RETURN_URL,
+    SECRET,
+    Service,
+    deliver_to,
+    org_row,
+    paying_org,
+    use,
+    worker,
+)
 
 
 def applied_events(ledger: Ledger) -> int:
     with Session(ledger.engine) as session:
         return int(session.exec(select(func.count()).select_from(StripeEvent)).one())
-
-
-def paying_org(ledger: Ledger, desk: SelfService, fake: FakeStripe) -> tuple[str, str, str]:
-    """An org that set up a card through Checkout: (org id, its key, the payment method)."""
-    org = ledger.create_org("acme").id
-    _, key = ledger.create_key(org)
-    link = desk.setup(org, RETURN_URL)
-    delivery = fake.complete_checkout(link.url.rsplit("/", 1)[1])
-    assert delivery.status == 200, delivery
-    payment_method = org_row(ledger, org).payment_method_id
-    assert payment_method is not None
-    return org, key, payment_method
 
 
 def test_setup_creates_the_customer_once_and_billing_waits_for_the_webhook(
@@ -248,17 +210,22 @@ def test_processing_intent_that_succeeds_later_is_counted_once(
     assert [pi["id"] for pi in fake.payment_intents.values()] == [intent]
 
 
-def test_a_failure_the_worker_already_wrote_is_not_counted_again(
-    ledger: Ledger, desk: SelfService, fake: FakeStripe
+@pytest.mark.parametrize(("decline", "state"), [("stolen_card", "failed"),
+                                                ("insufficient_funds", "pending")])  # fmt: skip
+def test_a_decline_the_worker_already_wrote_is_not_counted_again(
+    ledger: Ledger, desk: SelfService, fake: FakeStripe, decline: str, state: str
 ) -> None:
     org, _, _ = paying_org(ledger, desk, fake)
     use(ledger, org, 5_000_000)
-    fake.then("decline")
-    assert worker(ledger, fake, retry_base_s=60).run_once().failed == [f"{org}-1"]
+    fake.then(f"decline:{decline}")
+    worker(ledger, fake, retry_base_s=60).run_once()
     (intent,) = fake.payment_intents.values()
     late: Delivery = fake.send_event("payment_intent.payment_failed", intent)
     assert late.body["outcome"] == "unchanged"
-    assert org_row(ledger, org).billing_failures == 1
+    # A hard decline failed the charge once; a soft one stays pending for its retry.
+    (charge,) = ledger.list_charges(org)
+    assert charge.state == state
+    assert org_row(ledger, org).billing_failures == (1 if state == "failed" else 0)
 
 
 def test_an_intent_is_found_by_its_metadata_when_its_id_was_never_written(

@@ -78,8 +78,8 @@ class Stack:
         """A new org (with an operator-attached Stripe customer, or none), its projects and
         an API key."""
         org = self.ledger.create_org(name, customer).id
-        if customer is not None:  # one that exists at Stripe, as an operator attaches it
-            self.stripe.customers[customer] = {"id": customer, "object": "customer"}
+        if customer is not None:  # one that exists at Stripe, with a card, as operators attach
+            self.stripe.add_customer(customer, f"pm_card_{name}")
         ids = [self.ledger.create_project(org, f"{name}-p{i}").id for i in range(projects)]
         _, key = self.ledger.create_key(org, "test")
         return Account(org, key, ids)

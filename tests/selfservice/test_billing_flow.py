@@ -124,7 +124,12 @@ def test_a_charge_stripe_fails_later_makes_the_org_past_due_once(stack: Stack) -
     customer = org_row(stack, user.org_id).stripe_customer_id
     assert customer is not None
     stack.stripe.processing_customers.add(customer)
-    config = BillingConfig(stripe_api_key=STRIPE_KEY, stripe_api_base=stack.stripe.base_url)
+    # From the first dollar: these tests follow a $4 charge, not the charge policy.
+    config = BillingConfig(
+        stripe_api_key=STRIPE_KEY,
+        stripe_api_base=stack.stripe.base_url,
+        charge_threshold_dollars=1,
+    )
     BillingWorker(stack.ledger.engine, config).run_once()
     (intent,) = stack.stripe.intents_for(customer)
     assert stack.call("GET", "/v2/usage", user.key).json()["total"]["pending_dollars"] == 4
