@@ -11,6 +11,7 @@ are safe to repeat. The events acted on:
 - ``checkout.session.completed`` (setup mode), ``setup_intent.succeeded``: the payment method
   becomes the customer's default and the org's; the org is in good standing again;
 - ``customer.updated``: a new default payment method chosen in the Billing Portal, the same;
+  either way a charge waiting to retry a soft decline is retried with it at the next run;
 - ``payment_method.detached``: the org's payment method gone, the org has none;
 - ``payment_intent.succeeded``, ``payment_intent.payment_failed``, ``payment_intent.canceled``:
   the charge of that intent (found by its id, or by the org and sequence number in its
@@ -33,7 +34,7 @@ from typing import Any
 import stripe
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from metering.errors import BadSignature, StripeNotConfigured, StripeUnavailable
 from metering.models import (
@@ -222,7 +223,25 @@ class StripeWebhooks:
         org.billing_failures = 0
         org.billing_retry_at = None
         session.add(org)
+        self._retry_declined_with(session, org.id, payment_method)
         return "payment_method_set", org.id
+
+    def _retry_declined_with(self, session: Session, org_id: str, payment_method: str) -> None:
+        """A charge waiting to retry a soft decline is confirmed with the new payment method,
+        at the next run: the user fixed what was wrong. (Its intent exists, so no resend of a
+        creation changes its body under the same key.)"""
+        query = select(Charge).where(
+            Charge.org_id == org_id,
+            Charge.state == CHARGE_PENDING,
+            Charge.stripe_status == "declined",
+            col(Charge.stripe_payment_intent_id).is_not(None),
+        )
+        if self._postgres:
+            query = query.with_for_update()
+        for charge in session.exec(query).all():
+            charge.payment_method_id = payment_method
+            charge.next_attempt_at = None
+            session.add(charge)
 
     def _payment_method_gone(self, session: Session, payment_method: str) -> tuple[str, str | None]:
         query = select(Org).where(Org.payment_method_id == payment_method)

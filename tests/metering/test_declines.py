@@ -87,6 +87,26 @@ def test_retries_end_thirty_days_after_the_first_attempt(ledger: Ledger, fake: F
     assert charge.state == "failed" and org_row(ledger, org).billing_hold is not None
 
 
+def test_a_new_card_after_a_soft_decline_is_charged_at_the_next_run(
+    ledger: Ledger, desk: SelfService, fake: FakeStripe
+) -> None:
+    clock = SimClock(START)
+    org, _, old_card = paying_org(ledger, desk, fake)
+    use(ledger, org, 5_000_000, at=START)
+    bill = worker(ledger, fake, clock=clock, retry_base_s=HOURS, retry_max_s=72 * HOURS)
+    fake.then("decline:insufficient_funds")
+    assert bill.run_once().still_pending == [f"{org}-1"]
+    customer = org_row(ledger, org).stripe_customer_id
+    updated = {"id": customer, "object": "customer",
+               "invoice_settings": {"default_payment_method": "pm_new"}}  # fmt: skip
+    assert fake.send_event("customer.updated", updated).body["outcome"] == "payment_method_set"
+    clock.advance(minutes=5)  # well inside the hour's pause
+    assert bill.run_once().succeeded == [f"{org}-1"]
+    (intent,) = fake.intents_for(str(customer))
+    assert (intent["payment_method"], intent["confirmations"]) == ("pm_new", 2)
+    assert intent["payment_method"] != old_card
+
+
 def test_a_hard_decline_waits_for_a_new_payment_method(
     ledger: Ledger, desk: SelfService, fake: FakeStripe
 ) -> None:
