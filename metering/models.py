@@ -49,6 +49,9 @@ class Org(SQLModel, table=True):
     # Set (the reason, for operators) after a hard decline or a charge that ran out of
     # retries: no charge is attempted until a new payment method is recorded, which clears it.
     billing_hold: str | None = Field(default=None, max_length=200)
+    # Stripe's `created` of the newest payment-method event applied to the org: an older one
+    # delivered late (Stripe does not order deliveries, and retries for 3 days) is ignored.
+    payment_method_event_at: dt.datetime | None = None
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 
