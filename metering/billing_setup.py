@@ -1,8 +1,9 @@
 """Self-service billing: where a user adds or manages its org's payment method, and the handle
 that binds it and Stripe's webhooks (:mod:`metering.webhooks`) to one ledger.
 
-`SelfService.setup` creates the org's Stripe customer on first use (the org id in its
-metadata; an org row that got a customer meanwhile keeps the first) and answers with a Stripe
+`SelfService.setup` creates the org's Stripe customer on first use, or after its customer was
+deleted at Stripe (the org id in its metadata; an org row that got a customer meanwhile keeps
+the first) and answers with a Stripe
 Checkout Session in setup mode, or, once the org has a payment method, a Billing Portal
 session. Nothing about the org's standing changes here: only Stripe's webhook saying the
 setup completed turns billing on.
@@ -20,6 +21,7 @@ from sqlmodel import Session, col
 
 from metering.errors import LedgerError, NotFound, StripeNotConfigured, StripeUnavailable
 from metering.models import STATE_NO_PAYMENT_METHOD, Org
+from metering.payment_method_events import deleted_customers
 from metering.settings import Settings
 from metering.settlement import RetryPolicy
 from metering.standing import has_payment_method
@@ -91,7 +93,9 @@ class SelfService:
         return self._accounts
 
     def _first_customer(self, accounts: StripeAccounts, org_id: str, name: str) -> str:
-        created = accounts.create_customer(org_id, name)
+        with Session(self.engine) as session:
+            deleted = deleted_customers(session, org_id)
+        created = accounts.create_customer(org_id, name, deleted)
         with Session(self.engine) as session:
             # Only an org still without a customer takes this one: a customer an operator
             # attached, or one a concurrent first setup stored, stays.

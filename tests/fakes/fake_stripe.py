@@ -81,6 +81,7 @@ class FakeStripe(BillingObjects):
     webhook_url: str = ""
     webhook_secret: str = "whsec_fake"
     webhook_sink: Callable[[bytes, str], tuple[int, dict[str, Any]]] | None = None
+    clock: Callable[[], float] = time.time
 
     def __post_init__(self) -> None:
         self._init_billing()

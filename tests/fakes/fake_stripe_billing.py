@@ -4,9 +4,11 @@ them, signed with the endpoint secret (``Stripe-Signature: t=<ts>,v1=<hex HMAC-S
 "<ts>.<body>">``), so the real SDK's ``Webhook.construct_event`` verifies them.
 
 The test (or a browser on the fake's checkout page) plays the user: `complete_checkout`
-collects a card and sends ``checkout.session.completed``; `settle_intent` makes a processing
-PaymentIntent succeed or fail and sends its event; `detach` removes a payment method. Every
-event is kept, so a test can deliver it again (`redeliver`) or with a forged signature.
+collects a card and sends ``checkout.session.completed``; `choose_default` picks (or adds) a
+card in the Billing Portal and sends ``customer.updated``; `settle_intent` makes a processing
+PaymentIntent succeed or fail and sends its event; `detach` removes a payment method;
+`delete_customer` deletes a customer. Every event is kept, so a test can deliver it again
+(`redeliver`), late, or with a forged signature; events are stamped `created` by `clock`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class BillingObjects:
     _lock: threading.Lock
     customers: dict[str, dict[str, Any]]
     payment_intents: dict[str, dict[str, Any]]
+    clock: Callable[[], float]  # Stripe's time: each event's `created`
     webhook_url: str
     webhook_secret: str
     # Set: events go to this callable (payload, Stripe-Signature) instead of an HTTP POST to
@@ -94,7 +97,7 @@ class BillingObjects:
             return 404, _error(f"No such object: {'/'.join(parts)}"), 0.0, False
         if parts[:2] == ["v1", "customers"] and method == "POST" and len(parts) == 3:
             customer = self.customers.get(parts[2])
-            if customer is None:
+            if customer is None or customer.get("deleted"):
                 return 404, _error("No such customer"), 0.0, False
             for key, value in params.items():
                 merged = {**customer.get(key, {}), **value} if isinstance(value, dict) else value
@@ -157,11 +160,38 @@ class BillingObjects:
             session["status"] = "complete"
         return self.send_event("checkout.session.completed", session)
 
+    def choose_default(self, customer_id: str, payment_method_id: str = "") -> Delivery:
+        """In the Billing Portal the user makes a card the default: that one, or a new card
+        (its id in the event); Stripe sends customer.updated."""
+        with self._lock:
+            customer = self.customers[customer_id]
+            if not payment_method_id:
+                payment_method_id = _new_id("pm_")
+                self.payment_methods[payment_method_id] = {
+                    "id": payment_method_id, "object": "payment_method", "type": "card",
+                    "card": {"brand": "visa", "last4": "4444"}, "customer": customer_id,
+                }  # fmt: skip
+            previous = {"invoice_settings": dict(customer.get("invoice_settings") or {})}
+            customer["invoice_settings"] = {"default_payment_method": payment_method_id}
+        return self.send_event("customer.updated", customer, previous)
+
+    def delete_customer(self, customer_id: str) -> Delivery:
+        """The customer deleted (in Stripe's dashboard): reading it answers `deleted`."""
+        with self._lock:
+            customer = self.customers[customer_id]
+            self.customers[customer_id] = {"id": customer_id, "object": "customer",
+                                           "deleted": True}  # fmt: skip
+        return self.send_event("customer.deleted", customer)
+
     def detach(self, payment_method_id: str) -> Delivery:
         with self._lock:
             method = self.payment_methods[payment_method_id]
             previous = {"customer": method["customer"]}
             method["customer"] = None
+            # As at Stripe: a detached default is no longer the customer's default.
+            settings = self.customers.get(previous["customer"], {}).get("invoice_settings")
+            if settings and settings.get("default_payment_method") == payment_method_id:
+                settings["default_payment_method"] = None
         return self.send_event("payment_method.detached", method, previous)
 
     def settle_intent(self, intent_id: str, succeeded: bool) -> Delivery:
@@ -190,7 +220,7 @@ class BillingObjects:
         event_id = _new_id("evt_")
         event: dict[str, Any] = {
             "id": event_id, "object": "event", "api_version": "2025-10-29.clover",
-            "created": int(time.time()), "livemode": False, "pending_webhooks": 1,
+            "created": int(self.clock()), "livemode": False, "pending_webhooks": 1,
             "request": {"id": None, "idempotency_key": None}, "type": kind, "data": data,
         }  # fmt: skip
         payload = json.dumps(event).encode()

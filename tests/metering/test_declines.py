@@ -97,9 +97,9 @@ def test_a_new_card_after_a_soft_decline_is_charged_at_the_next_run(
     fake.then("decline:insufficient_funds")
     assert bill.run_once().still_pending == [f"{org}-1"]
     customer = org_row(ledger, org).stripe_customer_id
-    updated = {"id": customer, "object": "customer",
-               "invoice_settings": {"default_payment_method": "pm_new"}}  # fmt: skip
-    assert fake.send_event("customer.updated", updated).body["outcome"] == "payment_method_set"
+    assert customer is not None
+    outcome = fake.choose_default(customer, "pm_new").body["outcome"]
+    assert outcome == "payment_method_set"
     clock.advance(minutes=5)  # well inside the hour's pause
     assert bill.run_once().succeeded == [f"{org}-1"]
     (intent,) = fake.intents_for(str(customer))
@@ -127,9 +127,9 @@ def test_a_hard_decline_waits_for_a_new_payment_method(
     assert len(fake.posts()) == 1
     # The user picks another card in the Billing Portal; Stripe's webhook ends the wait.
     customer = org_row(ledger, org).stripe_customer_id
-    updated = {"id": customer, "object": "customer",
-               "invoice_settings": {"default_payment_method": "pm_new"}}  # fmt: skip
-    assert fake.send_event("customer.updated", updated).body["outcome"] == "payment_method_set"
+    assert customer is not None
+    outcome = fake.choose_default(customer, "pm_new").body["outcome"]
+    assert outcome == "payment_method_set"
     assert bill.run_once().succeeded == [f"{org}-2"]
     paid = [pi for pi in fake.payment_intents.values() if pi["status"] == "succeeded"]
     assert [(pi["payment_method"], pi["amount"]) for pi in paid] == [("pm_new", 5100)]

@@ -151,12 +151,11 @@ def test_detached_payment_method_stops_billing_and_charges(
     assert ledger.usage(org).owed_dollars == 4
     # A new card from the portal (the customer's new default) lets the org in again, and the
     # next charge goes to that card.
-    fake.payment_methods["pm_new"] = {"id": "pm_new", "object": "payment_method"}
     customer = org_row(ledger, org).stripe_customer_id
     assert customer is not None
-    updated = {"id": customer, "object": "customer",
-               "invoice_settings": {"default_payment_method": "pm_new"}}  # fmt: skip
-    assert fake.send_event("customer.updated", updated).body["outcome"] == "payment_method_set"
+    fake.payment_methods["pm_new"] = {"id": "pm_new", "object": "payment_method",
+                                      "customer": customer}  # fmt: skip
+    assert fake.choose_default(customer, "pm_new").body["outcome"] == "payment_method_set"
     assert ledger.authenticate(key).billing.ok
     worker(ledger, fake).run_once()
     (intent,) = fake.intents_for(customer)
