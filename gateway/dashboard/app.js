@@ -179,6 +179,7 @@ async function setup() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("key-form").addEventListener("submit", load);
+  $("load").disabled = false; // the page's form only submits through load() from here on
   $("setup").addEventListener("click", setup);
   const saved = sessionStorage.getItem(KEY_SLOT);
   if (saved) {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -121,3 +123,41 @@ def test_dashboard_reports_a_bad_key(stack: Stack, browser: WebDriver) -> None:
     browser.find_element(By.ID, "load").click()
     wait_for(browser, "the error", lambda b: "API key" in b.find_element(By.ID, "status").text)
     assert not browser.find_element(By.ID, "report").is_displayed()
+
+
+class _Form(HTMLParser):
+    """The attributes of the dashboard's key form, its key field and its submit button."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: dict[str, dict[str, str | None]] = {}
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if values.get("id") in ("key-form", "api-key", "load"):
+            self.found[str(values["id"])] = values
+
+
+def test_a_key_entered_before_the_script_runs_stays_out_of_urls(
+    stack: Stack, browser: WebDriver
+) -> None:
+    # Served as is, before any script: the key field has no name (a submitted form would
+    # carry no key), the form never submits by GET, and its button waits for the script.
+    page = _Form()
+    page.feed(stack.call("GET", "/dashboard", None).text)
+    assert "name" not in page.found["api-key"]
+    assert (page.found["key-form"].get("method") or "get").lower() == "post"
+    assert "disabled" in page.found["load"]
+    # In the browser, with scripts not (yet) running: Enter in the key field goes nowhere.
+    secret = "ie_000000000000_neverinaurl"
+    browser.get(stack.url + "/dashboard")
+    browser.execute_script("sessionStorage.clear()")
+    browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": True})
+    try:
+        browser.get(stack.url + "/dashboard")
+        browser.find_element(By.ID, "api-key").send_keys(secret + Keys.ENTER)
+        browser.find_element(By.ID, "load").click()
+        assert secret not in browser.current_url
+        assert browser.current_url == stack.url + "/dashboard"
+    finally:
+        browser.execute_cdp_cmd("Emulation.setScriptExecutionDisabled", {"value": False})
