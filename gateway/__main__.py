@@ -1,7 +1,8 @@
 """Start-up of the gateway: `python -m gateway` serves the app with uvicorn (uvloop, httptools).
 
 Every setting is a `GATEWAY_*` environment variable and may be overridden by the flag of the
-same name (`--help` lists them); uvicorn drains in-flight requests on SIGTERM, then the lifespan
+same name (`--help` lists them); Prometheus' /metrics is served on `GATEWAY_METRICS_PORT`,
+apart from the API; uvicorn drains in-flight requests on SIGTERM, then the lifespan
 closes the channels.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from gateway.app import create_app
+from gateway.metrics import serve_metrics
 from gateway.settings import Settings
 from intent_embed.logs import configure_logging
 from intent_embed.settings_cli import parse_settings
@@ -57,7 +59,10 @@ def main(argv: list[str] | None = None) -> int:
             "gateway.app:create_app_from_env", factory=True, workers=settings.workers, **common
         )
     else:
-        config = uvicorn.Config(create_app(settings), **common)
+        app = create_app(settings)
+        if settings.metrics_port:
+            serve_metrics(app.state.metrics.registry, settings.host, settings.metrics_port)
+        config = uvicorn.Config(app, **common)
         _CleanExitServer(config).run()
     return 0
 

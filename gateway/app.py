@@ -3,8 +3,9 @@
 `create_app(settings, clients)` builds an app whose lifespan opens one gRPC channel per
 upstream (through `clients`) and closes them on shutdown. The embeddings routes themselves are
 `gateway.embeddings`, a user's own account routes `gateway.usage`, `gateway.billing` and
-`gateway.dashboard`; here are the models, health, readiness and metrics routes and the
-handlers that give every error OpenAI's body.
+`gateway.dashboard`; here are the models, health and readiness routes and the handlers that
+give every error OpenAI's body. Prometheus' /metrics is not a route of this app: it is served
+on its own port (`gateway.metrics.serve_metrics`), out of the public API's reach.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -43,7 +43,7 @@ from gateway.embeddings import (
     json_response,
 )
 from gateway.errors import ApiError, error_body
-from gateway.metrics import GatewayMetrics, MetricsMiddleware
+from gateway.metrics import GatewayMetrics, MetricsMiddleware, serve_metrics
 from gateway.model_info import ModelInfo
 from gateway.openai_schema import (
     EmbeddingResponseSchema,
@@ -173,9 +173,7 @@ def _add_model_routes(app: FastAPI, settings: Settings, handler: EmbeddingsHandl
         )
 
 
-def _add_operator_routes(
-    app: FastAPI, settings: Settings, handler: EmbeddingsHandler, metrics: GatewayMetrics
-) -> None:
+def _add_operator_routes(app: FastAPI, settings: Settings, handler: EmbeddingsHandler) -> None:
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return json_response(b'{"status":"ok"}')
@@ -192,10 +190,6 @@ def _add_operator_routes(
         ready = embed == "SERVING" and metering == "SERVING"
         body = {"status": "ready" if ready else "not_ready", "embed": embed, "metering": metering}
         return json_response(orjson.dumps(body), 200 if ready else 503)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -259,10 +253,10 @@ def create_app(
     add_usage_route(app)
     add_billing_routes(app)
     dashboard.add_dashboard_routes(app)
-    _add_operator_routes(app, settings, handler, metrics)
+    _add_operator_routes(app, settings, handler)
     _add_error_handlers(app)
     add_security_scheme(app)
-    routes = [*EMBEDDING_ROUTES, PREDICT_ROUTE, *MODELS_ROUTES, "/healthz", "/readyz", "/metrics",
+    routes = [*EMBEDDING_ROUTES, PREDICT_ROUTE, *MODELS_ROUTES, "/healthz", "/readyz",
               USAGE_PATH, SETUP_PATH, WEBHOOK_PATH, *dashboard.routes()]  # fmt: skip
     # add_middleware puts each new one outermost: metrics must see the hot path's answers too.
     app.add_middleware(HotPathMiddleware, handler=handler)
@@ -271,5 +265,11 @@ def create_app(
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for uvicorn worker processes, which read their settings from the environment."""
-    return create_app(Settings())
+    """Factory for uvicorn worker processes, which read their settings from the environment;
+    each serves its own metrics on the shared metrics port."""
+    settings = Settings()
+    app = create_app(settings)
+    if settings.metrics_port:
+        serve_metrics(app.state.metrics.registry, settings.host, settings.metrics_port,
+                      shared=True)  # fmt: skip
+    return app

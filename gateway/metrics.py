@@ -1,15 +1,24 @@
-"""The gateway's Prometheus metrics, kept in a registry owned by each app instance.
+"""The gateway's Prometheus metrics, kept in a registry owned by each app instance, and the
+server that exposes them on their own port.
 
 A pure ASGI middleware counts every HTTP answer by route and status and times it; the
-embeddings handler counts upstream failures by upstream and gRPC code.
+embeddings handler counts upstream failures by upstream and gRPC code. `serve_metrics` puts
+``/metrics`` on ``GATEWAY_METRICS_PORT``, never on the public API port: request and token
+counts are business volume, for Prometheus only.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import cast
+from wsgiref.simple_server import WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (
@@ -83,3 +92,43 @@ class MetricsMiddleware:
             self.metrics.inflight.dec()
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.monotonic() - start)
+
+
+class _SharedPortServer(ThreadingWSGIServer):
+    # Several uvicorn worker processes each serve their own registry on the one port (the
+    # kernel picks one per connection), as /metrics on the API port did before.
+    allow_reuse_port = True
+
+
+@dataclass
+class MetricsServer:
+    """A running /metrics server (a daemon thread); `stop` closes its port."""
+
+    server: WSGIServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def serve_metrics(
+    registry: CollectorRegistry, host: str, port: int, *, shared: bool = False
+) -> MetricsServer:
+    """Serves the registry at ``http://host:port/metrics`` (port 0: a free one); `shared`
+    lets other processes bind the same port too (one per uvicorn worker)."""
+    base = _SharedPortServer if shared else ThreadingWSGIServer
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # GATEWAY_HOST may be "::"
+    server_class = cast(
+        type[ThreadingWSGIServer], type("MetricsServer", (base,), {"address_family": family})
+    )
+    server = make_server(
+        host, port, make_wsgi_app(registry), server_class, handler_class=_SilentHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return MetricsServer(server, thread)

@@ -12,7 +12,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
 
     host: str = Field(default="0.0.0.0", description="interface the HTTP server binds")
-    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (also serves /metrics)")
+    port: int = Field(default=8080, ge=0, le=65535, description="HTTP port of the API")
+    metrics_port: int = Field(
+        default=9104,
+        ge=0,
+        le=65535,
+        description="Prometheus /metrics port, apart from the public API port (0: off)",
+    )
     embed_addr: str = Field(
         default="dns:///127.0.0.1:50051",
         description="embed service gRPC target; dns:/// lets round_robin spread over all pods",

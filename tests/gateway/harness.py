@@ -21,6 +21,7 @@ import numpy as np
 import uvicorn
 
 from gateway.app import create_app
+from gateway.metrics import serve_metrics
 from gateway.settings import Settings
 from intent_embed.grpc_server import abort
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc, metering_pb2
@@ -190,6 +191,9 @@ class GatewayServer:
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, clock=clock)
+        # /metrics as `python -m gateway` serves it: apart, on a port of its own.
+        self.metrics = serve_metrics(self.app.state.metrics.registry, "127.0.0.1", 0)
+        self.metrics_url = f"http://127.0.0.1:{self.metrics.port}/metrics"
         config = uvicorn.Config(
             self.app,
             loop="uvloop",
@@ -214,3 +218,4 @@ class GatewayServer:
         self.server.should_exit = True
         self.thread.join(timeout=10)
         self.sock.close()
+        self.metrics.stop()

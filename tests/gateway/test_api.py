@@ -159,6 +159,8 @@ def test_health_readiness_and_metrics(gateway: GatewayServer, fakes: Fakes) -> N
         fakes.embed_upstream.set_serving(True)
 
     requests.post(f"{gateway.url}/v2/embeddings", json={"input": "x"}, timeout=10)  # a 401
-    text = requests.get(f"{gateway.url}/metrics", timeout=10).text
+    # Not on the public API port: request and token counts are business volume.
+    assert requests.get(f"{gateway.url}/metrics", timeout=10).status_code == 404
+    text = requests.get(gateway.metrics_url, timeout=10).text
     assert 'gateway_requests_total{route="/v2/embeddings",status="401"}' in text
     assert 'gateway_request_seconds_bucket{le="0.005",route="/readyz"}' in text

@@ -118,7 +118,7 @@ def test_metering_unreachable_is_503_and_not_cached(fakes: Fakes) -> None:
         err = error_of(post(gw, {"input": "hi", "model": "intent-embed"}), 503)
         assert "metering" in err["message"]
         assert post(gw, {"input": "hi", "model": "intent-embed"}).status_code == 200
-        metrics = requests.get(gw.url + "/metrics", timeout=10).text
+        metrics = requests.get(gw.metrics_url, timeout=10).text
         assert (
             'gateway_upstream_errors_total{code="UNAVAILABLE",upstream="metering"} 1.0' in metrics
         )

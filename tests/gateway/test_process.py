@@ -1,4 +1,5 @@
-"""`python -m gateway` as a real process: --help lists every setting, SIGTERM stops it cleanly."""
+"""`python -m gateway` as a real process: --help lists every setting, /metrics is on its own
+port and not on the API's, SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
@@ -29,12 +30,13 @@ def test_help_lists_every_setting_with_env_and_default() -> None:
 
 
 def test_serves_then_stops_cleanly_on_sigterm(fakes: Fakes) -> None:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     settings = fakes.settings()
     env = {
         **os.environ,
         "GATEWAY_HOST": "127.0.0.1",
         "GATEWAY_PORT": str(port),
+        "GATEWAY_METRICS_PORT": str(metrics_port),
         "GATEWAY_EMBED_ADDR": settings.embed_addr,
         "GATEWAY_METERING_ADDR": settings.metering_addr,
     }
@@ -52,6 +54,10 @@ def test_serves_then_stops_cleanly_on_sigterm(fakes: Fakes) -> None:
             timeout=10,
         )
         assert reply.status_code == 200
+        # Business volume is for Prometheus, on its own port: the public port has no /metrics.
+        assert requests.get(url + "/metrics", timeout=10).status_code == 404
+        scraped = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+        assert 'gateway_requests_total{route="/v2/embeddings",status="200"} 1.0' in scraped
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
     finally:
