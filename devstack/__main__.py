@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             "ledger, Stripe off), create or reuse a demo org, project and API key, and print a "
             "working curl and openai example and the URL of the usage dashboard. Ports follow the "
             "services' own settings: EMBED_PORT, EMBED_METRICS_PORT, METERING_PORT, "
-            "METERING_METRICS_PORT, GATEWAY_PORT."
+            "METERING_METRICS_PORT, GATEWAY_PORT, GATEWAY_METRICS_PORT."
         ),
     )
     parser.add_argument(
@@ -84,6 +84,7 @@ def ports_from_env() -> Ports:
         metering=int(os.environ.get("METERING_PORT", defaults.metering)),
         metering_metrics=int(os.environ.get("METERING_METRICS_PORT", defaults.metering_metrics)),
         gateway=int(os.environ.get("GATEWAY_PORT", defaults.gateway)),
+        gateway_metrics=int(os.environ.get("GATEWAY_METRICS_PORT", defaults.gateway_metrics)),
     )
 
 

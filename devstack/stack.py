@@ -34,10 +34,11 @@ class Ports:
     gateway: int = 8080
     sidecar: int = 50053
     sidecar_metrics: int = 9103
+    gateway_metrics: int = 9104
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(*(free_port() for _ in range(7)))
+        return cls(*(free_port() for _ in range(8)))
 
 
 @dataclass
@@ -157,6 +158,7 @@ class Stack:
                 ),
                 "GATEWAY_HOST": self.host,
                 "GATEWAY_PORT": str(self.ports.gateway),
+                "GATEWAY_METRICS_PORT": str(self.ports.gateway_metrics),
                 "GATEWAY_EMBED_ADDR": f"dns:///{self.embed_address}",
                 "GATEWAY_METERING_ADDR": self.metering_address,
             }

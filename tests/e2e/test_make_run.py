@@ -28,6 +28,7 @@ def start_devstack(data_dir: Path, ports: Ports) -> tuple[subprocess.Popen[str],
             "METERING_PORT": str(ports.metering),
             "METERING_METRICS_PORT": str(ports.metering_metrics),
             "GATEWAY_PORT": str(ports.gateway),
+            "GATEWAY_METRICS_PORT": str(ports.gateway_metrics),
             "PYTHONUNBUFFERED": "1",
         }
     )

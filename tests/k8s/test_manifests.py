@@ -182,6 +182,29 @@ def test_gateway_probes_are_routes_of_the_app(rendered: dict[str, list[Doc]]) ->
         assert c[probe]["httpGet"]["path"] in paths, probe
 
 
+def test_gateway_metrics_are_scraped_on_their_own_port_only(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    from gateway.settings import Settings as GatewaySettings
+
+    docs = rendered["gpu"]
+    c = container(pod_spec(docs, "gateway"), "gateway")
+    settings = GatewaySettings(metrics_port=int(env(c)["GATEWAY_METRICS_PORT"]))
+    assert port(c, "metrics") == settings.metrics_port != port(c, "http")
+    (scrape,) = find(rendered["monitoring"], "PodMonitor", "gateway")["spec"][
+        "podMetricsEndpoints"]  # fmt: skip
+    assert scrape["port"] == "metrics" and scrape.get("path", "/metrics") == "/metrics"
+    # Anyone reaches the API port, only Prometheus's namespace the metrics port.
+    public = find(docs, "NetworkPolicy", "gateway")["spec"]["ingress"]
+    assert [p["port"] for rule in public for p in rule["ports"]] == [port(c, "http")]
+    (monitoring,) = find(docs, "NetworkPolicy", "gateway-from-monitoring")["spec"]["ingress"]
+    assert [p["port"] for p in monitoring["ports"]] == [settings.metrics_port]
+    assert all("namespaceSelector" in peer for peer in monitoring["from"])
+    # The Service (what the Ingress fronts) exposes only the API.
+    service_ports = find(docs, "Service", "gateway")["spec"]["ports"]
+    assert [p["targetPort"] for p in service_ports] == ["http"]
+
+
 def test_sidecar_is_native_listens_on_localhost_and_embed_dials_it(
     rendered: dict[str, list[Doc]],
 ) -> None:
