@@ -11,8 +11,10 @@ authentication, so the org's next request sees its new standing at once.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import FastAPI, Request
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 SETUP_PATH = "/v2/billing/setup"
 WEBHOOK_PATH = "/stripe/webhook"
 DASHBOARD_PATH = "/dashboard"
+# A host name or address with an optional port: nothing that could change the URL's meaning.
+_HOST = re.compile(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 def how_to_fix(billing_page_url: str) -> str:
@@ -74,10 +78,34 @@ class WebhookAck(BaseModel):
     outcome: str
 
 
+def public_base_url(request: Request, behind_proxy: bool) -> str:
+    """This API's URL as its users reach it. Behind a TLS-terminating proxy the request itself
+    says http:// and maybe an inner host; the proxy's X-Forwarded-Proto and -Host say what the
+    user typed, and are trusted only when the operator says such a proxy is in front (a client
+    reaching the gateway directly could set them)."""
+    base = urlsplit(str(request.base_url))
+    scheme, host = base.scheme, base.netloc
+    if behind_proxy:
+        # A chain of proxies appends: the first value is the one facing the user.
+        proto = _first(request.headers.get("x-forwarded-proto")).lower()
+        forwarded_host = _first(request.headers.get("x-forwarded-host"))
+        if proto in ("http", "https"):
+            scheme = proto
+        if forwarded_host and _HOST.fullmatch(forwarded_host):
+            host = forwarded_host
+    return f"{scheme}://{host}{base.path.rstrip('/')}"
+
+
+def _first(header: str | None) -> str:
+    return (header or "").split(",", 1)[0].strip()
+
+
 async def billing_setup(request: Request) -> BillingSetupResponse:
     caller = await account_caller(request)
     settings = settings_of(request)
-    return_url = settings.billing_page_url or str(request.base_url).rstrip("/") + DASHBOARD_PATH
+    return_url = settings.billing_page_url or (
+        public_base_url(request, settings.behind_proxy) + DASHBOARD_PATH
+    )
     reply = await call_metering(
         request,
         "CreateBillingSetup",

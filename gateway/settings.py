@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         description="public URL of the page where users manage billing: named in 402 answers "
         "and where Stripe sends users back after setup; empty: this gateway's /dashboard",
     )
+    behind_proxy: bool = Field(
+        default=False,
+        description="the gateway is reached only through a TLS-terminating proxy that sets "
+        "X-Forwarded-Proto and X-Forwarded-Host: the return URL derived for Stripe (when "
+        "billing_page_url is empty) takes its scheme and host from them. Leave off when clients "
+        "reach the gateway directly: anyone could set those headers",
+    )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with a 429")
     model_name: str = Field(default="intent-embed", description="the one model name the API serves")
     log_level: str = Field(default="info", description="logging level")

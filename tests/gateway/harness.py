@@ -200,6 +200,7 @@ class GatewayServer:
             http="httptools",
             lifespan="on",
             access_log=False,
+            proxy_headers=False,  # as `python -m gateway` runs it: the app decides on them
             log_level="warning",
             timeout_graceful_shutdown=2,
         )

@@ -90,9 +90,18 @@ class Stack:
         (result,) = self.ledger.record_calls([[event]])
         assert isinstance(result, Recorded) and result.recorded == 1
 
-    def call(self, method: str, path: str, key: str | None, **kw: Any) -> requests.Response:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return requests.request(method, self.url + path, headers=headers, timeout=30, **kw)
+    def call(
+        self,
+        method: str,
+        path: str,
+        key: str | None,
+        headers: dict[str, str] | None = None,
+        **kw: Any,
+    ) -> requests.Response:
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        return requests.request(
+            method, self.url + path, headers={**auth, **(headers or {})}, timeout=30, **kw
+        )
 
     def embed_once(self, key: str) -> requests.Response:
         body = {"input": "cancel my order", "model": "intent-embed"}
@@ -100,8 +109,11 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(data_dir: Path, *, stripe: bool = True) -> Iterator[Stack]:
-    """The stack on free ports, with its ledger under `data_dir`; Stripe off when not `stripe`."""
+def running_stack(
+    data_dir: Path, *, stripe: bool = True, **gateway_options: Any
+) -> Iterator[Stack]:
+    """The stack on free ports, with its ledger under `data_dir`; Stripe off when not `stripe`;
+    `gateway_options` overrides gateway settings."""
     url = f"sqlite:///{data_dir / 'ledger.db'}"
     migrate(url)
     engine = make_engine(url)
@@ -128,6 +140,7 @@ def running_stack(data_dir: Path, *, stripe: bool = True) -> Iterator[Stack]:
                 embed_addr=f"dns:///127.0.0.1:{embed_up.port}",
                 metering_addr=f"127.0.0.1:{metering.port}",
                 embed_timeout_s=5.0,
+                **gateway_options,
             )
             with GatewayServer(gateway_settings) as gateway:
                 fake.webhook_url = gateway.url + "/stripe/webhook"

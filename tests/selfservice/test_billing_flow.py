@@ -108,6 +108,34 @@ def test_with_stripe_off_setup_and_webhooks_say_so(stripe_off: Stack) -> None:
     assert webhook.status_code == 503
 
 
+@pytest.fixture(scope="module")
+def behind_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(Path(tmp_path_factory.mktemp("proxy")), behind_proxy=True) as running:
+        yield running
+
+
+def test_stripe_sends_users_back_over_https_behind_a_tls_proxy_only_when_told(
+    stack: Stack, behind_proxy: Stack
+) -> None:
+    # What a TLS-terminating proxy forwards: the user's scheme and host.
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "api.example.test"}
+
+    def return_url(running: Stack, headers: dict[str, str]) -> str:
+        user = running.account("proxied")
+        setup = running.call("POST", "/v2/billing/setup", user.key, headers=headers)
+        assert setup.status_code == 200, setup.text
+        session_id = setup.json()["url"].rsplit("/", 1)[1]
+        return str(running.stripe.checkout_sessions[session_id]["success_url"])
+
+    assert return_url(behind_proxy, forwarded) == "https://api.example.test/dashboard"
+    assert return_url(behind_proxy, {}) == behind_proxy.url + "/dashboard"
+    # Headers a client may have forged, a path smuggled in as a host: not a URL of theirs.
+    spoofed = {"X-Forwarded-Proto": "javascript", "X-Forwarded-Host": "evil.test/x?"}
+    assert return_url(behind_proxy, spoofed) == behind_proxy.url + "/dashboard"
+    # Not behind a proxy (the default): the same headers change nothing.
+    assert return_url(stack, forwarded) == stack.url + "/dashboard"
+
+
 def test_when_stripe_fails_setup_is_503_and_says_who(stack: Stack) -> None:
     user = stack.account("ghost", customer="cus_ghost")
     del stack.stripe.customers["cus_ghost"]  # an operator attached a customer Stripe lost
