@@ -1,15 +1,22 @@
 """The Alembic migrations build exactly the schema the code's models describe, and running
-them again is a no-op (``python -m metering migrate`` is safe on every start)."""
+them again is a no-op (``python -m metering migrate`` is safe on every start); 0004 dates each
+org by the payment-method events already applied, and goes down again."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlmodel import SQLModel
+from sqlalchemy import text
+from sqlmodel import Session, SQLModel
 
 import metering.models  # noqa: F401  (registers the tables)
-from metering.database import make_engine, migrate
+from metering.database import alembic_config, make_engine, migrate
+from metering.models import Org
+
+NEWEST = dt.datetime(2026, 11, 30, 12, 0, tzinfo=dt.UTC)
 
 
 def _drift(url: str) -> list[object]:
@@ -28,4 +35,50 @@ def test_sqlite_schema_matches_models(sqlite_url: str) -> None:
 @pytest.mark.postgres
 def test_postgres_schema_matches_models(pg_url: str) -> None:
     migrate(pg_url)
+    assert _drift(pg_url) == []
+
+
+def _back_to_0003_and_up_again(url: str) -> dt.datetime | None:
+    """Down to 0003 (before each org knew its newest payment-method event), one org that had
+    two payment-method events applied, up to head: what the org then knows."""
+    from alembic import command
+
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0003")
+        connection.execute(text(
+            "INSERT INTO orgs (id, name, billing_state, billing_failures, created_at) "
+            "VALUES ('org_1', 'acme', 'ok', 0, :at)"
+        ), {"at": NEWEST})  # fmt: skip
+        for event_id, outcome, created in (
+            ("evt_1", "payment_method_set", NEWEST - dt.timedelta(days=1)),
+            ("evt_2", "payment_method_set", NEWEST),
+            ("evt_3", "charge_succeeded", NEWEST + dt.timedelta(days=1)),
+        ):
+            connection.execute(text(
+                "INSERT INTO stripe_events (id, type, outcome, org_id, stripe_created, "
+                "applied_at) VALUES (:id, 'customer.updated', :outcome, 'org_1', :at, :at)"
+            ), {"id": event_id, "outcome": outcome, "at": created})  # fmt: skip
+    engine.dispose()
+    migrate(url)
+    engine = make_engine(url)
+    with Session(engine) as session:
+        org = session.get(Org, "org_1")
+        assert org is not None
+        newest = org.payment_method_event_at
+    engine.dispose()
+    return newest if newest is None or newest.tzinfo else newest.replace(tzinfo=dt.UTC)
+
+
+def test_sqlite_upgrade_dates_each_org_by_its_newest_payment_method_event(sqlite_url: str) -> None:
+    # A setup delivered late after the upgrade must find the org already newer than it.
+    assert _back_to_0003_and_up_again(sqlite_url) == NEWEST
+    assert _drift(sqlite_url) == []
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_dates_each_org_by_its_newest_payment_method_event(pg_url: str) -> None:
+    assert _back_to_0003_and_up_again(pg_url) == NEWEST
     assert _drift(pg_url) == []
