@@ -10,7 +10,8 @@
   averaged over seeds.
 
 Every benchmark asks its encoder through one `CachedEncoder`, so a text shared by several
-benchmarks (CLINC150 train serves the full and the few-shot runs) is embedded once.
+benchmarks (CLINC150 train serves the full and the few-shot runs) is embedded once; a view of it
+at a width (`CachedEncoder.at`) measures the vectors the API's `dimensions` returns.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 
 from intent_model.data import Split
 from intent_model.encoders import Encoder
-from intent_model.metrics import kmeans_v_measure, score_all
+from intent_model.metrics import kmeans_v_measure, normalize, score_all
 
 Scores = dict[str, float | None]
 METRICS = (
@@ -37,11 +38,18 @@ METRICS = (
 
 
 class CachedEncoder:
-    """Embeds each distinct text once across every call."""
+    """Embeds each distinct text once across every call; with `dims`, answers the first `dims`
+    values of each vector, re-normalised, as the API's `dimensions` does."""
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, encoder: Encoder, dims: int | None = None,
+                 cache: dict[str, np.ndarray] | None = None) -> None:  # fmt: skip
         self._encoder = encoder
-        self._cache: dict[str, np.ndarray] = {}
+        self._dims = dims
+        self._cache: dict[str, np.ndarray] = {} if cache is None else cache
+
+    def at(self, dims: int) -> CachedEncoder:
+        """The same vectors cut to `dims` values, sharing this cache."""
+        return CachedEncoder(self._encoder, dims, self._cache)
 
     def prefetch(self, texts: Iterable[str]) -> None:
         missing = sorted({t for t in texts if t not in self._cache})
@@ -50,10 +58,17 @@ class CachedEncoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         self.prefetch(texts)
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+        if not texts:
+            return np.zeros((0, 0), np.float32)
+        vectors = np.stack([self._cache[t] for t in texts])
+        return vectors if self._dims is None else normalize(vectors[:, : self._dims])
 
     def describe(self) -> str:
         return self._encoder.describe()
+
+    def width(self) -> int:
+        """Values per vector of the model (0 before anything was embedded)."""
+        return len(next(iter(self._cache.values()))) if self._cache else 0
 
 
 class Benchmark(Protocol):
@@ -191,7 +206,15 @@ def capped(split: Split, per_intent: int, seed: int = 0) -> Split:
     return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
 
 
-def run_all(benchmarks: list[Benchmark], encoder: Encoder) -> dict[str, Scores]:
+def run_all(benchmarks: list[Benchmark], encoder: Encoder, dims: tuple[int, ...] = (),
+            at_dims: tuple[str, ...] = ()) -> dict[str, Scores]:  # fmt: skip
+    """Every benchmark at full width, then those named in `at_dims` at each width of `dims`
+    (keyed `name@width`; widths not below the model's are skipped)."""
     cached = CachedEncoder(encoder)
     cached.prefetch(t for b in benchmarks for t in b.texts())
-    return {b.name: b.run(cached) for b in benchmarks}
+    out = {b.name: b.run(cached) for b in benchmarks}
+    full = cached.width()
+    for width in [d for d in dims if d < full]:
+        view = cached.at(width)
+        out |= {f"{b.name}@{width}": b.run(view) for b in benchmarks if b.name in at_dims}
+    return out

@@ -26,9 +26,18 @@ class TrainConfig:
     pretrain: Path | None = field(
         default=None, metadata={"help": "intent pretraining directory (train.txt, val.txt)"}
     )
+    hint3: Path | None = field(
+        default=None,
+        metadata={"help": "HINT3 directory, measured after training, never trained on "
+                  "(default: ../shared/data/hint3)"},
+    )  # fmt: skip
     steps: int = field(default=1000, metadata={"help": "optimizer steps"})
     lr: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
     rank: int = field(default=32, metadata={"help": "adapter rank"})
+    first_layer: int = field(
+        default=0,
+        metadata={"help": "lowest transformer block adapted; the blocks below stay the base's"},
+    )
     alpha: float = field(
         default=64.0, metadata={"help": "adapter scale numerator (scale alpha/rank)"}
     )
@@ -69,6 +78,13 @@ class TrainConfig:
     holdout_share: float = field(
         default=0.2, metadata={"help": "share of pretraining intents left out (pretrain-intents)"}
     )
+    delta_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "share of the trained change kept in the written adapter: base + s x delta "
+            "(intent_model.interpolate; 1: all of it)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of batches, initialisation, holdout"})
     device: str = field(default="auto", metadata={"help": "auto (cuda when present), cpu, cuda"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: torch default)"})
@@ -80,8 +96,28 @@ class TrainConfig:
         default=True, metadata={"help": "evaluate the written adapter and the base after training"}
     )
 
+    def validate(self) -> None:
+        """Fails before training on a knob no run could use."""
+        self.holdout_spec().validate()
+        if not 0.0 < self.delta_scale <= 1.0:
+            raise ValueError(f"delta_scale must be in (0, 1], not {self.delta_scale}")
+
     def holdout_spec(self) -> Holdout:
         return Holdout(self.holdout, tuple(self.holdout_domains), self.holdout_share, self.seed)
+
+
+# Fields that do not change the weights a run writes (with one thread).
+NOT_RECIPE = frozenset({"out", "evaluate", "hint3", "threads", "cache"})
+
+
+def same_recipe(recorded: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a metrics.json `config` records `cfg`'s recipe. A knob a run does not record
+    was added after it, with a default that does what the run did."""
+    before = config_record(TrainConfig()) | recorded
+    wanted = config_record(cfg)
+    return {k: v for k, v in before.items() if k not in NOT_RECIPE} == {
+        k: v for k, v in wanted.items() if k not in NOT_RECIPE
+    }
 
 
 def config_record(cfg: TrainConfig) -> dict[str, Any]:

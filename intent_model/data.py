@@ -1,15 +1,19 @@
-"""The two data sources: CLINC150 (where the file lives, how its splits are read, which of the
-ten domains each of the 150 intents belongs to, so whole domains can be held out of training)
-and the intent pretraining set (task-oriented utterances with natural-language intent names).
-Both read into `Split`s of parallel texts and labels."""
+"""The data: CLINC150 (where the file lives, how its splits are read, which of the ten domains
+each of the 150 intents belongs to, so whole domains can be held out of training), the intent
+pretraining set (task-oriented utterances with natural-language intent names), both trained on,
+and HINT3 (three customer-support bots' intents), measured only. All read into `Split`s of
+parallel texts and labels."""
 
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 OOS_LABEL = "oos"
+HINT3_OOS_LABEL = "NO_NODES_DETECTED"
+HINT3_SETS = ("sofmattress", "curekart", "powerplay11")
 
 # The domain grouping published with CLINC150 (Larson et al., 2019): 10 domains x 15 intents.
 # fmt: off
@@ -91,6 +95,10 @@ def default_pretrain_path() -> Path:
     return _shared_data() / "intent_pretrain"
 
 
+def default_hint3_path() -> Path:
+    return _shared_data() / "hint3"
+
+
 @dataclass(frozen=True)
 class Split:
     """Parallel lists of utterances and their intent labels."""
@@ -146,3 +154,29 @@ def intents_of(domains: list[str]) -> set[str]:
     if unknown:
         raise ValueError(f"unknown domain(s) {unknown}; known: {sorted(DOMAINS)}")
     return {intent for d in domains for intent in DOMAINS[d]}
+
+
+def _read_csv(path: Path) -> Split:
+    texts, labels = [], []
+    with path.open(encoding="utf-8", newline="") as handle:
+        for row in csv.DictReader(handle):
+            text, label = (row.get("sentence") or "").strip(), (row.get("label") or "").strip()
+            if text and label:
+                texts.append(text)
+                labels.append(label)
+    return Split(texts, labels)
+
+
+def load_hint3(directory: Path, name: str) -> dict[str, Split]:
+    """One HINT3 set as `train`, `test` (in-scope queries) and `oos_test` (its
+    NO_NODES_DETECTED queries, labelled `oos`): the layout of a CLINC150-format file."""
+    if name not in HINT3_SETS:
+        raise ValueError(f"unknown HINT3 set {name!r}; known: {', '.join(HINT3_SETS)}")
+    train, test = (_read_csv(directory / f"{name}_{part}.csv") for part in ("train", "test"))
+    in_scope = {label for label in test.labels if label != HINT3_OOS_LABEL}
+    oos = [t for t, label in zip(test.texts, test.labels, strict=True) if label == HINT3_OOS_LABEL]
+    return {
+        "train": train.without({HINT3_OOS_LABEL}),
+        "test": test.only(in_scope),
+        "oos_test": Split(oos, [OOS_LABEL] * len(oos)),
+    }

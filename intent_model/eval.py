@@ -1,11 +1,13 @@
 """`python -m intent_model.eval`: how well models represent intent, side by side.
 
 Each model (a directory the embed service loads, or a running service) is measured on CLINC150
-(`train` centroids against `test` or `val` queries, and 5- and 10-shot centroids averaged over
-five seeds) and on the intent pretraining set's `val` (its own support/query split, with a
-fifth of its intents as out-of-scope); the base model is measured beside it unless `--no-base`.
-Any file in CLINC150's format (`train`, `test`, optional `val` and `oos_*` lists of
-[text, label]) can stand in for CLINC150 with `--data`.
+(`train` centroids against `test` or `val` queries, and 1-, 5- and 10-shot centroids averaged
+over five seeds), on the intent pretraining set's `val` (its own support/query split, with a
+fifth of its intents as out-of-scope) and on HINT3's three unseen-domain sets, at full width and
+at the widths of `--dims`; the base model is measured beside it unless `--no-base`, and each
+other model goes through the unseen-domain gate against it. Any file in CLINC150's format
+(`train`, `test`, optional `val` and `oos_*` lists of [text, label]) can stand in for CLINC150
+with `--data`.
 """
 
 from __future__ import annotations
@@ -17,17 +19,23 @@ import sys
 from pathlib import Path
 
 from intent_embed.logs import configure_logging
-from intent_model.data import base_model_dir, default_data_path, default_pretrain_path
+from intent_model.data import (
+    base_model_dir,
+    default_data_path,
+    default_hint3_path,
+    default_pretrain_path,
+)
 from intent_model.encoders import Encoder, LocalEncoder, ServiceEncoder
-from intent_model.report import evaluate_models, results_table
-from intent_model.suites import labelled_suite, pretrain_val
+from intent_model.gate import judge, verdict_table
+from intent_model.report import DIMS, at_dims, evaluate_models, results_table
+from intent_model.suites import hint3_suite, labelled_suite, pretrain_val
 
 
-def shipped_model_dir() -> Path:
-    """What the embed service serves by default: the intent adapter in the repository."""
-    from embed_service.settings import default_model_path
+def intent_adapter_dir() -> Path:
+    """The intent adapter the repository keeps (`make train-intent` rebuilds it)."""
+    from embed_service.settings import INTENT_ADAPTER_DIR
 
-    return Path(default_model_path())
+    return INTENT_ADAPTER_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         nargs="*",
         type=Path,
-        help="model or adapter directories (default: the shipped intent model)",
+        help="model or adapter directories (default: the intent adapter in the repository)",
     )
     parser.add_argument(
         "--embed-addr",
@@ -68,6 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="intent pretraining directory whose val is measured (default: ../shared/data/"
         "intent_pretrain; with --data other than CLINC150: not measured unless given)",
     )
+    parser.add_argument(
+        "--hint3",
+        type=Path,
+        default=None,
+        help="HINT3 directory (default: ../shared/data/hint3; with --data other than CLINC150: "
+        "not measured unless given)",
+    )
+    parser.add_argument(
+        "--dims",
+        default=",".join(map(str, DIMS)),
+        help="widths (the API's dimensions) also measured; empty: none",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     parser.add_argument("--device", default="cpu", help="torch device for local models")
     parser.add_argument("--dtype", default="float32", help="dtype for local models")
@@ -80,24 +100,35 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
     encoders: dict[str, Encoder] = {}
+    dirs: dict[str, Path] = {}
 
     def local(path: Path) -> Encoder:
         return LocalEncoder.from_directory(path, args.device, args.dtype, args.batch_size)
 
     if args.base:
         encoders["base"] = local(base_model_dir())
-    for path in args.models or ([] if args.embed_addr else [shipped_model_dir()]):
+    for path in args.models or ([] if args.embed_addr else [intent_adapter_dir()]):
         encoders[path.name] = local(path)
+        dirs[path.name] = path
     for addr in args.embed_addr:
         encoders[f"service {addr}"] = ServiceEncoder(addr, org_id=args.org_id)
     domains = [d for d in args.domains.split(",") if d]
     benchmarks = labelled_suite(args.data or default_data_path(), args.split, domains or None)
     if args.pretrain or args.data is None:
         benchmarks.append(pretrain_val(args.pretrain or default_pretrain_path()))
-    results = evaluate_models(encoders, benchmarks)
+    if args.hint3 or args.data is None:
+        benchmarks += hint3_suite(args.hint3 or default_hint3_path())
+    dims = tuple(int(d) for d in args.dims.split(",") if d.strip())
+    results = evaluate_models(encoders, benchmarks, dims, at_dims(benchmarks))
     for name, encoder in encoders.items():
         print(f"{name}: {encoder.describe()}")
     print(results_table(results))
+    if "base" in results and args.data is None:
+        for name in [n for n in results if n != "base"]:
+            leaveout = dirs[name] / "leaveout.json" if name in dirs else None
+            known = json.loads(leaveout.read_text()) if leaveout and leaveout.is_file() else None
+            print(f"\nUnseen-domain gate, {name} against base:\n")
+            print(verdict_table(judge(results["base"], results[name], known)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         body = {"models": {n: e.describe() for n, e in encoders.items()}, "results": results}

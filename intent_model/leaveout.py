@@ -3,7 +3,8 @@
 For each check (`intent_model.holdout`), trains the recipe recorded in MODEL/metrics.json again
 without that group of intents, measures the run and the base on the group, and writes every
 result to MODEL/leaveout.json and MODEL's model card. Each run takes as long as training the
-model did.
+model did. A recipe that keeps a share of its delta (`delta_scale`) is trained unscaled, kept,
+and scaled beside it, so checks of other scales of the same recipe reuse the run.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from intent_embed.logs import configure_logging
-from intent_model.config import TrainConfig, config_record
+from intent_model.config import TrainConfig, same_recipe
 from intent_model.holdout import HOLDOUTS
+from intent_model.interpolate import recorded_scale, scale_adapter_dir
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
 from intent_model.train import train
@@ -38,7 +40,7 @@ def recipe_of(model_dir: Path) -> dict[str, Any]:
             continue
         if value in (None, "None"):
             out[name] = None
-        elif name in ("base", "clinc", "pretrain"):
+        elif name in ("base", "clinc", "pretrain", "hint3", "cache"):
             out[name] = Path(value)
         else:
             out[name] = value
@@ -46,33 +48,50 @@ def recipe_of(model_dir: Path) -> dict[str, Any]:
 
 
 def run_check(model_dir: Path, check: str, work: Path) -> dict[str, Any]:
-    """Trains the check (unless `work/check` already holds a run of exactly this config, as
-    when an experiment of the recipe was run with the same holdout) and evaluates it (unless
-    that run's own evaluation is there, written after its adapter)."""
-    cfg = TrainConfig(out=work / check, holdout=check, evaluate=True, **recipe_of(model_dir))
-    if not _trained_with(cfg):
+    """Trains the check unscaled into `work/check` (unless it already holds a run of exactly
+    this recipe, as when an experiment of the recipe was run with the same holdout), scales it
+    to the recipe's `delta_scale` into `work/check-sSCALE` when that is not 1, and evaluates
+    what the recipe ships (unless that directory's own evaluation is there, written after its
+    adapter)."""
+    recipe = recipe_of(model_dir)
+    scale = float(recipe.pop("delta_scale", 1.0))
+    cfg = TrainConfig(out=work / check, holdout=check, evaluate=True, **recipe)
+    if _trained_with(cfg):
+        log.info("leaveout_reuse check=%s out=%s", check, cfg.out)
+    else:
         train(cfg)
-        return evaluate_training_run(cfg.out)
-    log.info("leaveout_reuse check=%s out=%s", check, cfg.out)
-    evaluation = cfg.out / "eval.json"
+    measured = cfg.out
+    if scale != 1.0:
+        measured = work / f"{check}-s{scale:g}"
+        if not _scaled_from(measured, cfg.out, scale):
+            scale_adapter_dir(cfg.out, measured, scale)
+    evaluation = measured / "eval.json"
     if evaluation.is_file() and (
-        evaluation.stat().st_mtime >= (cfg.out / "adapter.safetensors").stat().st_mtime
+        evaluation.stat().st_mtime >= (measured / "adapter.safetensors").stat().st_mtime
     ):
         results: dict[str, Any] = json.loads(evaluation.read_text(encoding="utf-8"))["results"]
         return results
-    return evaluate_training_run(cfg.out)
+    return evaluate_training_run(measured)
+
+
+def _scaled_from(scaled: Path, source: Path, scale: float) -> bool:
+    """True when `scaled` holds `source`'s adapter at `scale`, written after it."""
+    adapter = scaled / "adapter.safetensors"
+    return (
+        adapter.is_file()
+        and recorded_scale(scaled) == round(scale, 6)
+        and adapter.stat().st_mtime >= (source / "adapter.safetensors").stat().st_mtime
+    )
 
 
 def _trained_with(cfg: TrainConfig) -> bool:
     """True when `cfg.out` holds a finished run whose recipe is `cfg`'s (where it was written,
-    whether it was evaluated, threads and the cache location aside)."""
+    whether and on what it was evaluated, threads and the cache location aside)."""
     metrics = cfg.out / "metrics.json"
     if not metrics.is_file() or not (cfg.out / "adapter.safetensors").is_file():
         return False
     recorded = json.loads(metrics.read_text(encoding="utf-8"))["config"]
-    ignored = {"out", "evaluate", "threads", "cache"}
-    wanted = {k: v for k, v in config_record(cfg).items() if k not in ignored}
-    return {k: v for k, v in recorded.items() if k not in ignored} == wanted
+    return same_recipe(recorded, cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,14 +38,16 @@ class LoRALinear(torch.nn.Module):
         return self.scale * (self.lora_B @ self.lora_A)
 
 
-def add_adapters(model: Any, rank: int, alpha: float, dropout: float = 0.0) -> list[str]:
-    """Wraps every Linear of `model.encoder.layer` in place, freezes all else but the blocks'
-    biases and LayerNorms; returns the wrapped modules' names (relative to `model`)."""
+def add_adapters(model: Any, rank: int, alpha: float, dropout: float = 0.0,
+                 first_layer: int = 0) -> list[str]:  # fmt: skip
+    """Wraps every Linear of `model.encoder.layer` from block `first_layer` up in place, freezes
+    all else but those blocks' biases and LayerNorms; returns the wrapped modules' names
+    (relative to `model`)."""
     for param in model.parameters():
         param.requires_grad_(False)
     wrapped = []
     for name, module in list(model.named_modules()):
-        if not name.startswith("encoder.layer."):
+        if not name.startswith("encoder.layer.") or int(name.split(".")[2]) < first_layer:
             continue
         for child_name, child in list(module.named_children()):
             if isinstance(child, torch.nn.Linear):
@@ -74,6 +76,20 @@ def adapter_tensors(model: Any) -> dict[str, torch.Tensor]:
         if param.requires_grad and ".lora_" not in name:
             out[name.replace(".linear.", ".")] = param.detach().float().contiguous()
     return out
+
+
+def load_adapter_tensors(model: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """The inverse of `adapter_tensors`: sets the adapters and trained tensors of `model` (in
+    place) so that it computes what `tensors` merged into the base computes."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, LoRALinear):
+                module.lora_A.copy_(tensors[f"{name}.weight.{FACTOR_A}"])
+                module.lora_B.copy_(tensors[f"{name}.weight.{FACTOR_B}"] / module.scale)
+        for name, param in params.items():
+            if param.requires_grad and ".lora_" not in name:
+                param.copy_(tensors[name.replace(".linear.", ".")])
 
 
 def merged_state(model: Any) -> dict[str, torch.Tensor]:

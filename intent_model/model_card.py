@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from embed_service.adapter import ModelSource
-from intent_model.report import results_table
+from intent_model.data import HINT3_SETS
+from intent_model.gate import judge, verdict_table
+from intent_model.report import DIMS, results_table
+from intent_model.suites import SHOTS
+
+_CENTROID = "nearest_centroid_accuracy"
 
 _CHECKS = {
     "clinc-domains": "CLINC150 domains {domains} left out; measured on their intents only "
@@ -36,8 +41,9 @@ def _recipe(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
     dims = ", ".join(str(d) for d in cfg["dims"])
     return [
         f"- Low-rank adapters (rank {cfg['rank']}, scale {cfg['alpha']}/{cfg['rank']}) on every "
-        "Linear of the six blocks; the blocks' biases and LayerNorms train in full; embeddings "
-        "frozen. Merged into the base weights at load.",
+        f"Linear of {_blocks(cfg)}; those blocks' biases and LayerNorms train in full; "
+        "embeddings frozen. Merged into the base weights at load.",
+        *_scaled(cfg),
         f"- {cfg['steps']} steps of AdamW (peak learning rate {cfg['lr']}, {cfg['warmup']:.0%} "
         f"warm-up then linear decay, weight decay {cfg['weight_decay']}), seed {cfg['seed']}.",
         f"- Each batch: {cfg['batch_intents']} intents x {cfg['per_intent']} utterances from one "
@@ -53,6 +59,23 @@ def _recipe(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
         f"- {report['train_seconds']} s of training on `{report['device']}` "
         f"({report['threads']} threads, torch {report['torch']}); loss {report['first_loss']} -> "
         f"{report['last_loss']}.",
+    ]
+
+
+def _blocks(cfg: dict[str, Any]) -> str:
+    first = int(cfg.get("first_layer", 0))
+    return (
+        "the six blocks" if first == 0 else f"blocks {first} to 5 (the lower ones stay the base's)"
+    )
+
+
+def _scaled(cfg: dict[str, Any]) -> list[str]:
+    scale = float(cfg.get("delta_scale", 1.0))
+    if scale == 1.0:
+        return []
+    return [
+        f"- The adapter keeps {scale:g} of the trained change: base + {scale:g} x (trained - base) "
+        "(`--delta-scale`, `intent_model.interpolate`)."
     ]
 
 
@@ -101,10 +124,110 @@ def _leaveout(leaveout: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _value(results: dict[str, Any], model: str, bench: str) -> float | None:
+    value = results.get(model, {}).get(bench, {}).get(_CENTROID)
+    return None if value is None else float(value)
+
+
+def _pair(results: dict[str, Any], bench: str) -> str:
+    base, trained = _value(results, "base", bench), _value(results, "trained", bench)
+    if base is None or trained is None:
+        return "n/a | n/a"
+    return f"{base:.4f} | **{trained:.4f}** ({trained - base:+.4f})"
+
+
+def _mean_row(results: dict[str, Any], suffix: str) -> str:
+    pairs = [
+        (
+            _value(results, "base", f"hint3/{s}{suffix}"),
+            _value(results, "trained", f"hint3/{s}{suffix}"),
+        )
+        for s in HINT3_SETS
+    ]
+    if any(b is None or t is None for b, t in pairs):
+        return "n/a | n/a"
+    base = sum(b for b, _ in pairs if b is not None) / len(pairs)
+    trained = sum(t for _, t in pairs if t is not None) / len(pairs)
+    return f"{base:.4f} | **{trained:.4f}** ({trained - base:+.4f})"
+
+
+def _few_shot(results: dict[str, Any]) -> list[str]:
+    """The headline: centroid accuracy from k examples per intent, base against trained."""
+    if not results or "hint3/sofmattress/5-shot" not in results.get("trained", {}):
+        return []
+    head = " | ".join(f"base {k}-shot | trained {k}-shot" for k in SHOTS)
+    lines = [
+        "## Few-shot: a new user's first intents",
+        "",
+        "Nearest-centroid accuracy from k examples per intent (drawn by seed, mean of seeds "
+        "0-4), and from the whole train split. HINT3's domains were never trained on; "
+        "CLINC150's train split was.",
+        "",
+        f"| benchmark | {head} | base all | trained all |",
+        "|---|" + "---|" * (2 * len(SHOTS) + 2),
+    ]
+    for name in [*(f"hint3/{s}" for s in HINT3_SETS), "clinc150/test"]:
+        cells = [_pair(results, f"{name}/{k}-shot") for k in SHOTS] + [_pair(results, name)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    means = [_mean_row(results, f"/{k}-shot") for k in SHOTS] + [_mean_row(results, "")]
+    lines.append("| HINT3 mean | " + " | ".join(means) + " |")
+    return [*lines, ""]
+
+
+def _gate(results: dict[str, Any], leaveout: dict[str, Any]) -> list[str]:
+    if not results or "hint3/sofmattress" not in results.get("trained", {}):
+        return []
+    verdict = judge(results["base"], results["trained"], leaveout or None)
+    serving = (
+        []
+        if verdict.passed
+        else [
+            "**Not served by default**: a model that does not pass this gate is never the "
+            "embed service's default; it is served where `EMBED_MODEL_PATH` names its "
+            "directory.",
+            "",
+        ]
+    )
+    return [
+        "## Unseen-domain gate",
+        "",
+        *serving,
+        "No worse than the base on each HINT3 set and on the cross-source run (this recipe "
+        "trained without CLINC150, measured on CLINC150 test): a model that fails is not "
+        "shipped (`intent_model.gate`).",
+        "",
+        verdict_table(verdict),
+        "",
+    ]
+
+
+def _dimensions(results: dict[str, Any]) -> list[str]:
+    trained = results.get("trained", {}) if results else {}
+    widths = [d for d in DIMS if f"clinc150/test@{d}" in trained]
+    if not widths:
+        return []
+    lines = [
+        "## `dimensions`",
+        "",
+        "Nearest-centroid accuracy of the first d values (re-normalised, as the API's "
+        "`dimensions` returns them), against the base cut the same way.",
+        "",
+        "| benchmark | " + " | ".join(f"base {d} | trained {d}" for d in [384, *widths]) + " |",
+        "|---|" + "---|" * (2 * len(widths) + 2),
+    ]
+    names = [*(f"hint3/{s}" for s in HINT3_SETS), "clinc150/test"]
+    for name in [n for pair in ((n, f"{n}/5-shot") for n in names) for n in pair]:
+        cells = [_pair(results, name)] + [_pair(results, f"{name}@{d}") for d in widths]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def render(directory: Path) -> str:
     report = _read(directory / "metrics.json")
     cfg = report["config"]
     evaluation = _read(directory / "eval.json")
+    results = evaluation["results"] if evaluation else {}
+    leaveout = _read(directory / "leaveout.json") or {}
     lines = [
         "# intent-embed: a general intent encoder",
         "",
@@ -117,6 +240,9 @@ def render(directory: Path) -> str:
         f"Revision `{ModelSource.of(directory).revision}`: the content hash of base and adapter",
         "weights that the embed service's `Info` and the gateway's `GET /v2/models` report.",
         "",
+        *_few_shot(results),
+        *_gate(results, leaveout),
+        *_dimensions(results),
         *_data(report),
         "## Recipe",
         "",
@@ -126,7 +252,7 @@ def render(directory: Path) -> str:
         "",
         results_table(evaluation["results"]) if evaluation else "(not evaluated)",
         "",
-        *_leaveout(_read(directory / "leaveout.json") or {}, cfg),
+        *_leaveout(leaveout, cfg),
         "## Reproduce",
         "",
         "```",

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from intent_model.benchmarks import METRICS, Benchmark, Scores, run_all
-from intent_model.data import base_model_dir, default_data_path, default_pretrain_path
+from intent_model.data import (
+    HINT3_SETS,
+    base_model_dir,
+    default_data_path,
+    default_hint3_path,
+    default_pretrain_path,
+)
 from intent_model.encoders import LocalEncoder
 from intent_model.holdout import Holdout
 from intent_model.suites import holdout_suite
@@ -54,30 +60,47 @@ def results_table(results: Results) -> str:
     return "\n".join(lines)
 
 
-def evaluate_models(models: dict[str, Any], benchmarks: list[Benchmark]) -> Results:
-    """`models` maps a column name to an Encoder."""
+# Widths the API's `dimensions` is measured at, and the benchmarks measured there.
+DIMS = (256, 128, 64)
+
+
+def at_dims(benchmarks: list[Benchmark]) -> tuple[str, ...]:
+    """The full-support and 5-shot runs of CLINC150 test and of HINT3."""
+    full = {"clinc150/test", *(f"hint3/{s}" for s in HINT3_SETS)}
+    wanted = full | {f"{name}/5-shot" for name in full}
+    return tuple(b.name for b in benchmarks if b.name in wanted)
+
+
+def evaluate_models(models: dict[str, Any], benchmarks: list[Benchmark], dims: tuple[int, ...] = (),
+                    at: tuple[str, ...] = ()) -> Results:  # fmt: skip
+    """`models` maps a column name to an Encoder; benchmarks named in `at` are also measured
+    at each width of `dims`."""
     out: Results = {}
     for name, encoder in models.items():
         started = time.monotonic()
-        out[name] = run_all(benchmarks, encoder)
+        out[name] = run_all(benchmarks, encoder, dims, at)
         log.info("evaluated model=%s seconds=%.1f", name, time.monotonic() - started)
     return out
 
 
-def _suite_key(revision: str, benchmarks: list[Benchmark]) -> str:
+def _suite_key(revision: str, benchmarks: list[Benchmark], dims: tuple[int, ...],
+               at: tuple[str, ...]) -> str:  # fmt: skip
     digest = hashlib.sha256(revision.encode())
+    digest.update(repr((dims, at)).encode())
     for bench in benchmarks:
         digest.update(bench.name.encode() + b"\0" + "\0".join(bench.texts()).encode() + b"\1")
     return digest.hexdigest()[:16]
 
 
-def base_results(base: LocalEncoder, benchmarks: list[Benchmark], cache: Path | None) -> Results:
+def base_results(base: LocalEncoder, benchmarks: list[Benchmark], cache: Path | None,
+                 dims: tuple[int, ...] = (), at: tuple[str, ...] = ()) -> Results:  # fmt: skip
     """The base model's results, kept in `cache` keyed by its revision and the suite's texts:
     every run of one suite measures the same base, which costs minutes on a CPU."""
-    path = cache / f"eval-{_suite_key(base.revision, benchmarks)}.json" if cache else None
+    key = _suite_key(base.revision, benchmarks, dims, at)
+    path = cache / f"eval-{key}.json" if cache else None
     if path is not None and path.is_file():
         return {"base": json.loads(path.read_text(encoding="utf-8"))}
-    results = evaluate_models({"base": base}, benchmarks)
+    results = evaluate_models({"base": base}, benchmarks, dims, at)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results["base"]), encoding="utf-8")
@@ -97,11 +120,16 @@ def evaluate_training_run(out_dir: Path) -> Results:
         if cfg.get("pretrain") not in (None, "None")
         else default_pretrain_path()
     )
+    hint3 = Path(cfg["hint3"]) if cfg.get("hint3") not in (None, "None") else default_hint3_path()
     base = Path(cfg["base"]) if cfg.get("base") not in (None, "None") else base_model_dir()
-    benchmarks = holdout_suite(holdout, clinc, pretrain)
+    benchmarks = holdout_suite(holdout, clinc, pretrain, hint3)
+    # The widths of the API's `dimensions`, where the run trained them.
+    dims = tuple(d for d in DIMS if d in cfg["dims"]) if holdout.kind == "none" else ()
+    at = at_dims(benchmarks)
     cache = Path(cfg["cache"]) if cfg.get("cache") not in (None, "None") else None
-    results = base_results(LocalEncoder.from_directory(base), benchmarks, cache)
-    results |= evaluate_models({"trained": LocalEncoder.from_directory(out_dir)}, benchmarks)
+    results = base_results(LocalEncoder.from_directory(base), benchmarks, cache, dims, at)
+    trained = LocalEncoder.from_directory(out_dir)
+    results |= evaluate_models({"trained": trained}, benchmarks, dims, at)
     body = {"holdout": cfg["holdout"], "results": results}
     (out_dir / "eval.json").write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
     print(results_table(results))

@@ -28,10 +28,12 @@ from embed_service.adapter import AdapterConfig, file_sha256, weight_file, write
 from embed_service.unpadded import UnpaddedBatch
 from intent_embed.logs import configure_logging
 from intent_model.cli import config_from_args, dataclass_parser
-from intent_model.config import TrainConfig, config_record
+from intent_model.config import TrainConfig, config_record, same_recipe
 from intent_model.data import base_model_dir
 from intent_model.forward import unpadded_forward
-from intent_model.lora import LoRALinear, adapter_tensors, add_adapters
+from intent_model.gate import judge, verdict_table
+from intent_model.interpolate import base_parameters, scale_tensors
+from intent_model.lora import LoRALinear, adapter_tensors, add_adapters, load_adapter_tensors
 from intent_model.losses import intent_loss
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
@@ -89,7 +91,7 @@ def _prepare(cfg: TrainConfig) -> _Run:
         backend="torch",  # trained in place through transformers' modules
     )
     sources = load_sources(cfg, embedder)
-    add_adapters(embedder.model, cfg.rank, cfg.alpha, cfg.dropout)
+    add_adapters(embedder.model, cfg.rank, cfg.alpha, cfg.dropout, cfg.first_layer)
     embedder.model.eval()
     for module in embedder.model.modules():
         if isinstance(module, LoRALinear):
@@ -157,9 +159,26 @@ def _served_min_cosine(run: _Run, ids: list[list[int]]) -> float:
     return round(float((served.embed_ids(ids) * trained).sum(axis=1).min()), 6)
 
 
+def _drop_stale_leaveout(cfg: TrainConfig) -> None:
+    """The leave-out results in `cfg.out` belong to the recipe that was there: a run of another
+    recipe removes them, so its card and gate never show another recipe's checks."""
+    metrics, leaveout = cfg.out / "metrics.json", cfg.out / "leaveout.json"
+    if not leaveout.is_file():
+        return
+    recorded = (
+        json.loads(metrics.read_text(encoding="utf-8"))["config"] if metrics.is_file() else {}
+    )
+    if not same_recipe(recorded, cfg):
+        log.info("leaveout_dropped out=%s reason=another recipe", cfg.out)
+        leaveout.unlink()
+
+
 def _write(run: _Run) -> dict[str, Any]:
-    """The adapter (named after its base) and metrics.json; returns the report."""
+    """The adapter (named after its base; its delta scaled by `delta_scale`, and the model in
+    memory with it, so the served check compares like with like) and metrics.json; returns the
+    report."""
     cfg = run.cfg
+    _drop_stale_leaveout(cfg)
     base_dir = cfg.base or base_model_dir()
     package = _BASE_PACKAGE if cfg.base is None else None
     adapter = AdapterConfig(
@@ -168,7 +187,11 @@ def _write(run: _Run) -> dict[str, Any]:
         base_sha256=file_sha256(weight_file(base_dir)),
         rank=cfg.rank,
     )
-    write_adapter(cfg.out, adapter, adapter_tensors(run.embedder.model))
+    tensors = adapter_tensors(run.embedder.model)
+    if cfg.delta_scale != 1.0:
+        tensors = scale_tensors(tensors, base_parameters(base_dir), cfg.delta_scale)
+        load_adapter_tensors(run.embedder.model, tensors)
+    write_adapter(cfg.out, adapter, tensors)
     probe = next(iter(run.sources.values())).ids[:_PROBE_TEXTS]
 
     def mean(values: list[float], digits: int) -> float:
@@ -213,10 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_args(TrainConfig, parser.parse_args(argv))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    cfg.holdout_spec().validate()
+    cfg.validate()
     train(cfg)
     if cfg.evaluate:
-        evaluate_training_run(cfg.out)
+        results = evaluate_training_run(cfg.out)
+        if cfg.holdout == "none":
+            leaveout = cfg.out / "leaveout.json"
+            known = json.loads(leaveout.read_text(encoding="utf-8")) if leaveout.is_file() else None
+            print("\nUnseen-domain gate, trained against base:\n")
+            print(verdict_table(judge(results["base"], results["trained"], known)))
     write_model_card(cfg.out)
     return 0
 

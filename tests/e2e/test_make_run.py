@@ -16,7 +16,8 @@ import pytest
 import requests
 
 from devstack.stack import Ports
-from embed_service.settings import SHIPPED_MODEL_DIR
+from embed_service.adapter import ModelSource
+from embed_service.settings import default_model_path
 
 
 def start_devstack(data_dir: Path, ports: Ports) -> tuple[subprocess.Popen[str], str]:
@@ -60,17 +61,15 @@ def stop_devstack(proc: subprocess.Popen[str]) -> str:
     return out
 
 
-def assert_serves_the_shipped_model(curl: str) -> None:
-    """The answer came from the intent model: /v2/models names the revision of its card."""
+def assert_serves_the_default_model(curl: str) -> None:
+    """The answer came from the default model: /v2/models names the revision of its weights."""
     base_url = re.search(r"(http://\S+)/v2/embeddings", curl)
     key = re.search(r"Bearer (\S+?)'", curl)
     assert base_url is not None and key is not None, curl
     listed = requests.get(f"{base_url.group(1)}/v2/models", timeout=30,
                           headers={"Authorization": f"Bearer {key.group(1)}"}).json()  # fmt: skip
-    card = (SHIPPED_MODEL_DIR / "README.md").read_text(encoding="utf-8")
-    revision = re.search(r"Revision `([0-9a-f]{12})`", card)
-    assert revision is not None
-    assert [m["revision"] for m in listed["data"]] == [revision.group(1)], listed
+    revision = ModelSource.of(Path(default_model_path())).revision
+    assert [m["revision"] for m in listed["data"]] == [revision], listed
 
 
 @pytest.mark.slow
@@ -84,7 +83,7 @@ def test_printed_examples_work_and_a_second_run_reuses_the_key(tmp_path: Path) -
         )
         body = json.loads(reply.stdout)
         assert len(body["data"][0]["embedding"]) == 384, body
-        assert_serves_the_shipped_model(curl)
+        assert_serves_the_default_model(curl)
 
         snippet = printed[printed.index("python - <<'PY'") : printed.index("\nPY\n") + 4]
         ran = subprocess.run(

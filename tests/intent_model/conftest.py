@@ -44,3 +44,27 @@ def tiny_pretrain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (directory / "train.txt").write_text("\n".join(rows) + "\n")
     (directory / "val.txt").write_text("\n".join(rows[::2] + rows[1::2]) + "\n")
     return directory
+
+
+HINT3_INTENTS = {
+    "EMI": ["do you offer emi", "emi options please", "can i pay monthly", "zero cost emi"],
+    "RETURN": ["how do i return it", "return my order", "i want a refund", "send it back"],
+    "WARRANTY": ["what is the warranty", "is there a guarantee", "warranty period", "cover"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_hint3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """HINT3's format for its three set names: `sentence,label` CSV (powerplay11 with a trailing
+    empty column, as the real file), out-of-scope test rows labelled NO_NODES_DETECTED."""
+    directory = tmp_path_factory.mktemp("hint3")
+    for name in ("sofmattress", "curekart", "powerplay11"):
+        extra = "," if name == "powerplay11" else ""
+        train = [f"{t},{i}{extra}" for i, ts in HINT3_INTENTS.items() for t in ts[:3]]
+        test = [f"{ts[3]},{i}" for i, ts in HINT3_INTENTS.items()]
+        test += ["what is the weather,NO_NODES_DETECTED", '"hi, there",NO_NODES_DETECTED']
+        (directory / f"{name}_train.csv").write_text(
+            "\n".join([f"sentence,label{extra}", *train]) + "\n"
+        )
+        (directory / f"{name}_test.csv").write_text("\n".join(["sentence,label", *test]) + "\n")
+    return directory

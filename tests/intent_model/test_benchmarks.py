@@ -85,8 +85,8 @@ def test_eval_command_compares_models_on_a_clinc_format_file(
     assert eval_main(argv) == 0
     body = json.loads(out.read_text())
     results = body["results"][tiny_model_dir.name]
-    assert set(results) == {"clinc150/test", "clinc150/test/5-shot", "clinc150/test/10-shot",
-                            "pretrain/val"}  # fmt: skip
+    assert set(results) == {"clinc150/test", "clinc150/test/1-shot", "clinc150/test/5-shot",
+                            "clinc150/test/10-shot", "pretrain/val"}  # fmt: skip
     assert 0.0 <= results["clinc150/test"]["oos_auroc"] <= 1.0
 
 
@@ -101,5 +101,6 @@ def test_eval_command_runs_a_file_without_val_or_out_of_scope(
         eval_main([str(tiny_model_dir), "--no-base", "--data", str(data), "--json", str(out)]) == 0
     )
     results = json.loads(out.read_text())["results"][tiny_model_dir.name]
-    assert set(results) == {"other/test", "other/test/5-shot", "other/test/10-shot"}
+    assert set(results) == {"other/test", "other/test/1-shot", "other/test/5-shot",
+                            "other/test/10-shot"}  # fmt: skip
     assert results["other/test"]["oos_auroc"] is None

@@ -87,15 +87,15 @@ def _sha(directory: Path) -> str:
 
 
 def test_evaluation_and_card_of_a_run_name_the_loaded_revision(
-    tiny_model_dir: Path, tiny_clinc: Path, tiny_pretrain: Path, tmp_path: Path
+    tiny_model_dir: Path, tiny_clinc: Path, tiny_pretrain: Path, tiny_hint3: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "trained"
-    train(_config(tiny_model_dir, tiny_clinc, tiny_pretrain, out))
+    train(_config(tiny_model_dir, tiny_clinc, tiny_pretrain, out, hint3=tiny_hint3))
     results = evaluate_training_run(out)
     assert list(results) == ["base", "trained"]
-    assert set(results["trained"]) == {
-        "clinc150/test", "clinc150/test/5-shot", "clinc150/test/10-shot", "pretrain/val",
-    }  # fmt: skip
+    shots = ("", "/1-shot", "/5-shot", "/10-shot")
+    sets = ("clinc150/test", "hint3/sofmattress", "hint3/curekart", "hint3/powerplay11")
+    assert set(results["trained"]) == {s + k for s in sets for k in shots} | {"pretrain/val"}
     scores = results["trained"]["clinc150/test"]
     assert 0.0 <= scores["nearest_centroid_accuracy"] <= 1.0  # type: ignore[operator]
     write_model_card(out)
@@ -105,6 +105,9 @@ def test_evaluation_and_card_of_a_run_name_the_loaded_revision(
     centroid = f"{scores['nearest_centroid_accuracy']:.4f}"
     assert "| clinc150/test | centroid | " in card and centroid in card
     assert "24 utterances of 4 intents" in card
+    assert "## Few-shot: a new user's first intents" in card
+    assert "| hint3/curekart | " in card
+    assert "not gated: no cross-source run" in card  # no leave-out run of this recipe yet
 
 
 def test_cli_trains_evaluates_and_writes_the_card(
@@ -154,3 +157,16 @@ def test_leaveout_checks_train_the_recipe_without_each_group_and_reuse_finished_
     assert json.loads((model / "leaveout.json").read_text())["clinc150"] == results["clinc150"]
     with pytest.raises(SystemExit):
         leaveout_main([str(model), "--checks", "banking77"])
+
+
+def test_first_layer_keeps_the_lower_blocks_the_bases(
+    tiny_model_dir: Path, tiny_clinc: Path, tiny_pretrain: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "upper"
+    train(_config(tiny_model_dir, tiny_clinc, tiny_pretrain, out, first_layer=1))
+    from safetensors.torch import load_file
+
+    changed = {key.split(".")[2] for key in load_file(out / ADAPTER_WEIGHTS)}
+    assert changed == {"1"}  # the tiny model's second (last) block only
+    card_cfg = json.loads((out / "metrics.json").read_text())["config"]
+    assert card_cfg["first_layer"] == 1
