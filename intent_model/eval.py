@@ -26,7 +26,7 @@ from intent_model.data import (
     default_pretrain_path,
 )
 from intent_model.encoders import Encoder, LocalEncoder, ServiceEncoder
-from intent_model.gate import judge, verdict_table
+from intent_model.gate import judge, leaveout_of, verdict_table
 from intent_model.report import DIMS, at_dims, evaluate_models, results_table
 from intent_model.suites import hint3_suite, labelled_suite, pretrain_val
 
@@ -125,10 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     print(results_table(results))
     if "base" in results and args.data is None:
         for name in [n for n in results if n != "base"]:
-            leaveout = dirs[name] / "leaveout.json" if name in dirs else None
-            known = json.loads(leaveout.read_text()) if leaveout and leaveout.is_file() else None
             print(f"\nUnseen-domain gate, {name} against base:\n")
-            print(verdict_table(judge(results["base"], results[name], known)))
+            print(verdict_table(judge(results["base"], results[name], leaveout_of(dirs.get(name)))))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         body = {"models": {n: e.describe() for n, e in encoders.items()}, "results": results}

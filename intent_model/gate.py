@@ -13,7 +13,9 @@ run is missing has not been through the gate: it does not pass.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from intent_model.data import HINT3_SETS
@@ -83,6 +85,15 @@ def _checks(where: str, benchmarks: list[str], base: dict[str, Any],
                 continue
             out.append(Check(where, name, metric, float(b), float(m)))
     return out
+
+
+def leaveout_of(model_dir: Path | None) -> dict[str, Any] | None:
+    """A model directory's leave-out results (leaveout.json), or None where it has none."""
+    path = model_dir / "leaveout.json" if model_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return results
 
 
 def judge(base: dict[str, Any], model: dict[str, Any],

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from embed_service.adapter import ADAPTER_WEIGHTS, FACTOR_B, read_config, write_adapter
+from embed_service.adapter import ADAPTER_WEIGHTS, FACTOR_A, FACTOR_B, read_config, write_adapter
 from intent_embed.logs import configure_logging
 
 # What a scaled directory keeps of its source: the recipe and training numbers; eval.json, the
@@ -47,7 +47,7 @@ def scale_tensors(
     for key, value in tensors.items():
         if key.endswith(f".{FACTOR_B}"):
             out[key] = (value * scale).contiguous()
-        elif key.endswith(".lora_A"):
+        elif key.endswith(f".{FACTOR_A}"):
             out[key] = value
         else:
             if key not in base:

@@ -31,7 +31,7 @@ from intent_model.cli import config_from_args, dataclass_parser
 from intent_model.config import TrainConfig, config_record, same_recipe
 from intent_model.data import base_model_dir
 from intent_model.forward import unpadded_forward
-from intent_model.gate import judge, verdict_table
+from intent_model.gate import judge, leaveout_of, verdict_table
 from intent_model.interpolate import base_parameters, scale_tensors
 from intent_model.lora import LoRALinear, adapter_tensors, add_adapters, load_adapter_tensors
 from intent_model.losses import intent_loss
@@ -241,10 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.evaluate:
         results = evaluate_training_run(cfg.out)
         if cfg.holdout == "none":
-            leaveout = cfg.out / "leaveout.json"
-            known = json.loads(leaveout.read_text(encoding="utf-8")) if leaveout.is_file() else None
             print("\nUnseen-domain gate, trained against base:\n")
-            print(verdict_table(judge(results["base"], results["trained"], known)))
+            print(verdict_table(judge(results["base"], results["trained"], leaveout_of(cfg.out))))
     write_model_card(cfg.out)
     return 0
 
