@@ -59,6 +59,10 @@ class TrainConfig:
     preserve: float = field(
         default=100.0, metadata={"help": "weight of the geometry-preserving term (0: off)"}
     )
+    preserve_pairs: str = field(
+        default="cross",
+        metadata={"help": "pairs the preserving term holds: cross (different intents) | all"},
+    )
     dims: list[int] = field(
         default_factory=lambda: [384, 256, 128, 64],
         metadata={"help": "Matryoshka widths trained (the full width first)"},
@@ -99,6 +103,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Fails before training on a knob no run could use."""
         self.holdout_spec().validate()
+        if self.preserve_pairs not in ("cross", "all"):
+            raise ValueError(f"preserve_pairs must be cross or all, not {self.preserve_pairs!r}")
         if not 0.0 < self.delta_scale <= 1.0:
             raise ValueError(f"delta_scale must be in (0, 1], not {self.delta_scale}")
 

@@ -26,18 +26,24 @@ def supervised_contrastive_loss(
 
 
 def relational_preserve_loss(
-    z: torch.Tensor, z_base: torch.Tensor, label_ids: torch.Tensor
+    z: torch.Tensor, z_base: torch.Tensor, label_ids: torch.Tensor, same: bool = False
 ) -> torch.Tensor:
     """Mean squared difference between the student's and the frozen base model's in-batch
-    cosine similarities over pairs of different intents: same-intent pairs are the contrastive
-    loss's to tighten, while the layout of intents relative to each other, which is what
-    carries over to intents never trained on, stays near the base's. Invariant to rotations;
-    rows must be L2-normalised."""
-    cross = label_ids[:, None] != label_ids[None, :]
-    if not bool(cross.any()):
+    cosine similarities. Over pairs of different intents only by default: same-intent pairs
+    are the contrastive loss's to tighten, while the layout of intents relative to each other,
+    which is what carries over to intents never trained on, stays near the base's. With `same`
+    every pair of different rows counts, so the neighbourhoods inside an intent are held too
+    (distillation of the base's similarities). Invariant to rotations; rows must be
+    L2-normalised."""
+    n = z.shape[0]
+    if same:
+        pairs = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    else:
+        pairs = label_ids[:, None] != label_ids[None, :]
+    if not bool(pairs.any()):
         return z.new_zeros(())
     diff = (z @ z.T) - (z_base @ z_base.T)
-    return diff.pow(2)[cross].mean()
+    return diff.pow(2)[pairs].mean()
 
 
 def intent_loss(
@@ -47,6 +53,7 @@ def intent_loss(
     temperature: float,
     preserve: float,
     dims: tuple[int, ...],
+    preserve_same: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(total loss, preserving term at full width) of pooled, not yet normalised vectors.
 
@@ -59,7 +66,9 @@ def intent_loss(
         z = F.normalize(pooled[:, :d], dim=1)
         loss = supervised_contrastive_loss(z, label_ids, temperature)
         if base is not None and preserve > 0:
-            kept = relational_preserve_loss(z, F.normalize(base[:, :d], dim=1), label_ids)
+            kept = relational_preserve_loss(
+                z, F.normalize(base[:, :d], dim=1), label_ids, preserve_same
+            )
             loss = loss + preserve * kept
             if i == 0:
                 kept_full = kept.detach()

@@ -127,7 +127,10 @@ def _optimise(run: _Run) -> None:
         vectors = unpadded_forward(embedder.model, tokens, embedder.pooling.mode)
         label_ids = torch.tensor(labels, device=embedder.device)
         base = base.to(embedder.device) if base is not None else None
-        loss, kept = intent_loss(vectors, label_ids, base, cfg.temperature, cfg.preserve, dims)
+        same = cfg.preserve_pairs == "all"
+        loss, kept = intent_loss(
+            vectors, label_ids, base, cfg.temperature, cfg.preserve, dims, same
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

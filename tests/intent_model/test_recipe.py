@@ -130,6 +130,11 @@ def test_preserve_term_is_zero_for_the_base_geometry_and_grows_with_drift() -> N
     assert float(relational_preserve_loss(collapsed, e, torch.tensor([0, 1]))) == pytest.approx(1.0)
     # Same-intent pairs are left to the contrastive loss: collapsing them costs nothing.
     assert float(relational_preserve_loss(collapsed, e, torch.tensor([0, 0]))) == 0.0
+    # Unless every pair is held (distillation of the base's similarities): then it costs the
+    # same as for two intents, whatever the labels.
+    for labels_2 in (torch.tensor([0, 0]), torch.tensor([0, 1])):
+        held = relational_preserve_loss(collapsed, e, labels_2, same=True)
+        assert float(held) == pytest.approx(1.0)
 
 
 def test_matryoshka_loss_averages_the_terms_of_each_renormalised_prefix() -> None:
