@@ -84,3 +84,26 @@ def test_gpu_script_runs_its_cuda_code_on_the_cpu(
     for name in ("sweep_short", "sweep_long"):
         assert all(row["inputs_per_s"] > 0 and row["fraction_of_limit"] > 0 for row in out[name])
     assert out["service"]["inputs_per_s"] > 0 and out["service"]["request_inputs"] == 2048
+
+
+def test_noop_forward_is_one_fresh_unit_vector_per_input() -> None:
+    from types import SimpleNamespace
+
+    from bench.noop_embed import fixed_vectors
+
+    model: Any = SimpleNamespace(dimensions=16)
+    first = fixed_vectors(model, [[1, 2], [3]])
+    second = fixed_vectors(model, [[4]])
+    assert first.shape == (2, 16) and first.dtype.name == "float32"
+    assert [float(x) for x in (first**2).sum(axis=1)] == pytest.approx([1.0, 1.0])
+    first[0, 0] = 5.0  # the batcher writes into what it is given: never a shared buffer
+    assert float(second[0, 0]) == pytest.approx(0.25)
+
+
+def test_node_ceiling_from_cpu_per_call() -> None:
+    from bench.ceiling import NodeCeiling
+
+    node = NodeCeiling(embed_calls_per_s=4000, embed_bulk_inputs_per_s=80_000, gateway_cpu_us=250)
+    assert node.gateway_calls_per_core == pytest.approx(4000)
+    assert node.gateway_cores_needed() == pytest.approx(1.0)
+    assert "4,000 single-input calls/s" in node.lines()[0]
