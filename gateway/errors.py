@@ -14,6 +14,7 @@ import orjson
 from intent_embed.rich_status import (
     BAD_SIGNATURE,
     BILLING_NOT_ACTIVE,
+    STRIPE_BUSY,
     STRIPE_NOT_CONFIGURED,
     STRIPE_UNAVAILABLE,
     details_of,
@@ -96,6 +97,15 @@ def from_upstream(err: grpc.aio.AioRpcError, upstream: str, retry_after_s: int) 
         return ApiError(400, detail, param=_param_of(rich.field), code="invalid_input")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return at_capacity("The embedding service", retry_after_s)
+    if code == grpc.StatusCode.UNAVAILABLE and rich.reason == STRIPE_BUSY:
+        # Refused before trying: Stripe is slow and enough billing calls already wait on it.
+        return ApiError(
+            503,
+            "Billing is busy right now; retry after the Retry-After delay.",
+            type_="service_unavailable",
+            code="billing_busy",
+            headers={"Retry-After": str(retry_after_s)},
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         who = "Stripe" if rich.reason == STRIPE_UNAVAILABLE else f"The {upstream} service"
         return ApiError(

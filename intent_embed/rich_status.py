@@ -20,10 +20,12 @@ ERROR_DOMAIN = "intent-embed"
 # Reasons a client may branch on.
 BILLING_NOT_ACTIVE = "BILLING_NOT_ACTIVE"
 UNKNOWN_ORG = "UNKNOWN_ORG"
-# Self-service billing: Stripe is not set up on this deployment, or did not answer; a webhook
-# failed verification.
+# Self-service billing: Stripe is not set up on this deployment, or did not answer, or so many
+# calls already wait on it that this one was refused without trying; a webhook failed
+# verification.
 STRIPE_NOT_CONFIGURED = "STRIPE_NOT_CONFIGURED"
 STRIPE_UNAVAILABLE = "STRIPE_UNAVAILABLE"
+STRIPE_BUSY = "STRIPE_BUSY"
 BAD_SIGNATURE = "BAD_SIGNATURE"
 
 

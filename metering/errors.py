@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from intent_embed.rich_status import (
     BAD_SIGNATURE,
+    STRIPE_BUSY,
     STRIPE_NOT_CONFIGURED,
     STRIPE_UNAVAILABLE,
     UNKNOWN_ORG,
@@ -62,3 +63,10 @@ class StripeUnavailable(LedgerError):
     UNAVAILABLE)."""
 
     reason = STRIPE_UNAVAILABLE
+
+
+class StripeBusy(LedgerError):
+    """Every place for a call that waits on Stripe is taken (:mod:`metering.stripe_pool`): the
+    call was refused without trying, so retrying shortly may work (gRPC UNAVAILABLE)."""
+
+    reason = STRIPE_BUSY

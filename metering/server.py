@@ -1,7 +1,8 @@
 """Wiring of the central metering service: the MeteringService gRPC servicer (RecordUsage with
 group commit, Authenticate, GetUsage, and self-service billing's CreateBillingSetup and
 ApplyStripeEvent), its Prometheus metrics, the in-process billing loop and the SIGTERM drain,
-on the shared server scaffold (:mod:`intent_embed.grpc_server`).
+on the shared server scaffold (:mod:`intent_embed.grpc_server`). Calls that wait on Stripe run
+on pools of their own (:mod:`metering.stripe_pool`), never on the threads of the ledger's calls.
 
 ``start_server`` takes its dependencies (ledger, settings, metrics) as arguments so tests start
 it in-process on ``127.0.0.1:0`` and talk to it through a real channel.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from intent_embed.grpc_server import GrpcServer, abort, until_signalled
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
@@ -27,6 +28,7 @@ from metering.errors import (
     InvalidUsage,
     LedgerError,
     NotFound,
+    StripeBusy,
     StripeNotConfigured,
     StripeUnavailable,
     Unauthenticated,
@@ -37,6 +39,7 @@ from metering.ledger import Ledger
 from metering.models import utcnow
 from metering.reports import Bucket, ProjectUsage, UsageReport, parse_range
 from metering.settings import Settings
+from metering.stripe_pool import StripePool
 from metering.usage import Event, validate_events
 
 log = logging.getLogger("metering.server")
@@ -74,6 +77,11 @@ class Metrics:
             "time to write and commit one group",
             registry=self.registry,
         )
+        self.stripe_calls = Gauge(
+            "metering_stripe_calls",
+            "self-service calls running or waiting on the Stripe pool (full: STRIPE_BUSY)",
+            registry=self.registry,
+        )
         # Children bound once: RecordUsage is the hot path (a label lookup per call adds up).
         self.record_ok = self.requests.labels("RecordUsage", "OK")
         self.events_recorded = self.events.labels("recorded")
@@ -104,6 +112,7 @@ _CODES: list[tuple[type[LedgerError], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (StripeNotConfigured, grpc.StatusCode.FAILED_PRECONDITION),
+    (StripeBusy, grpc.StatusCode.UNAVAILABLE),
     (StripeUnavailable, grpc.StatusCode.UNAVAILABLE),
     (BadSignature, grpc.StatusCode.INVALID_ARGUMENT),
     (LedgerError, grpc.StatusCode.INVALID_ARGUMENT),
@@ -157,11 +166,13 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         committer: GroupCommitter,
         metrics: Metrics,
         self_service: SelfService,
+        stripe: StripePool,
     ) -> None:
         self._ledger = ledger
         self._committer = committer
         self._metrics = metrics
         self._self_service = self_service
+        self._stripe = stripe  # where self-service calls wait on Stripe (a bulkhead)
 
     async def _fail(
         self,
@@ -237,12 +248,17 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         )
 
     async def _in_thread(
-        self, context: grpc.aio.ServicerContext, method: str, call: Callable[[], ResultT]
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        call: Callable[[], ResultT],
+        run: Callable[[Callable[[], ResultT]], Awaitable[ResultT]] = asyncio.to_thread,
     ) -> ResultT:
-        """Runs a ledger operation off the event loop. Its LedgerError ends the call with the
-        error's status; any other failure (the database, say) with UNAVAILABLE."""
+        """Runs a ledger operation off the event loop (on `run`'s threads). Its LedgerError ends
+        the call with the error's status; any other failure (the database, say) with
+        UNAVAILABLE."""
         try:
-            result = await asyncio.to_thread(call)
+            result = await run(call)
         except LedgerError as exc:
             code = status_of(exc)
             log.info("event=call_refused method=%s code=%s reason=%s", method, code.name, exc)
@@ -277,6 +293,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             context,
             "CreateBillingSetup",
             lambda: self._self_service.setup(request.org_id, request.return_url),
+            self._stripe.run,
         )
         log.info("event=billing_setup org=%s kind=%s", request.org_id, link.kind)
         return metering_pb2.CreateBillingSetupResponse(
@@ -290,6 +307,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             context,
             "ApplyStripeEvent",
             lambda: self._self_service.apply_event(request.payload, request.signature),
+            self._stripe.run,
         )
         return metering_pb2.ApplyStripeEventResponse(
             event_id=applied.event_id,
@@ -304,6 +322,7 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
 class RunningServer:
     grpc_server: GrpcServer
     committer: GroupCommitter
+    stripe: StripePool
 
     @property
     def port(self) -> int:
@@ -312,6 +331,7 @@ class RunningServer:
     async def stop(self, grace: float) -> None:
         await self.grpc_server.stop(grace)
         await self.committer.stop()
+        self.stripe.shutdown()
 
 
 async def start_server(
@@ -322,7 +342,9 @@ async def start_server(
         ledger.record_calls, max_events=settings.commit_max_events, observe=metrics.observe_group
     )
     self_service = self_service_from(settings, ledger.engine)
-    servicer = MeteringServicer(ledger, committer, metrics, self_service)
+    stripe = StripePool(settings.stripe_threads, settings.stripe_queue)
+    metrics.stripe_calls.set_function(lambda: stripe.admitted)
+    servicer = MeteringServicer(ledger, committer, metrics, self_service, stripe)
     server = GrpcServer(
         SERVICE_NAME,
         lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, s),
@@ -330,16 +352,22 @@ async def start_server(
         options=[("grpc.so_reuseport", 0)],
     )
     await server.start()
-    return RunningServer(server, committer)
+    return RunningServer(server, committer, stripe)
 
 
 async def _billing_loop(run_once: Callable[[], object], interval_s: float) -> None:
-    while True:
-        try:
-            await asyncio.to_thread(run_once)
-        except Exception:
-            log.exception("event=billing_run_failed")
-        await asyncio.sleep(interval_s)
+    # A thread of its own: a run waiting on Stripe takes no thread from the ledger's calls or
+    # from users' billing setup, and one run at a time never finds it busy.
+    runs = StripePool(1, 0, name="billing-run")
+    try:
+        while True:
+            try:
+                await runs.run(run_once)
+            except Exception:
+                log.exception("event=billing_run_failed")
+            await asyncio.sleep(interval_s)
+    finally:
+        runs.shutdown()
 
 
 async def serve(

@@ -39,6 +39,18 @@ class Settings(BaseSettings):
     stripe_max_retries: int = Field(
         2, ge=0, description="SDK resends (same idempotency key) on network errors and 5xx"
     )
+    stripe_threads: int = Field(
+        8,
+        ge=1,
+        description="threads of their own for the self-service calls that wait on Stripe "
+        "(billing setup, portal, webhooks), apart from those of Authenticate and RecordUsage",
+    )
+    stripe_queue: int = Field(
+        16,
+        ge=0,
+        description="self-service calls that may wait for one of those threads; past that a "
+        "call is refused at once (UNAVAILABLE, reason STRIPE_BUSY; HTTP 503 at the gateway)",
+    )
     bill_interval_s: float = Field(
         300.0, ge=0, description="seconds between billing runs in the service (0: no worker)"
     )

@@ -9,6 +9,8 @@ after 24 hours), and scripted faults for the next PaymentIntent creations or con
 card declines with a decline code, HTTP 500 before anything happens, 403 (a restricted key),
 slow answers (the intent is created first, the answer comes late: a client that gives up or
 dies has still been charged) and intents left processing (their end comes later, by webhook).
+`stall` makes every API request wait, unanswered, until `resume` (Stripe hanging); `stalled`
+counts the requests waiting.
 Self-service billing (Checkout, Billing Portal, SetupIntents, PaymentMethods, signed webhook
 delivery) is :mod:`tests.fakes.fake_stripe_billing`. Every request is recorded for assertions.
 Run it in a thread (``FakeStripe().start()``) or as a process
@@ -89,6 +91,9 @@ class FakeStripe(BillingObjects):
         self._idempotent: dict[str, _Stored] = {}
         self._in_flight: set[str] = set()
         self._server: ThreadingHTTPServer | None = None
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._held = 0
 
     # ---- control -------------------------------------------------------------------------
 
@@ -116,9 +121,23 @@ class FakeStripe(BillingObjects):
         return self
 
     def stop(self) -> None:
+        self.resume()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+    def stall(self) -> None:
+        """From now on API requests get no answer (and change nothing) until `resume`."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Stalled requests go on, in no set order, and new ones are answered at once."""
+        self._flowing.set()
+
+    def stalled(self) -> int:
+        """API requests waiting for `resume` now."""
+        with self._lock:
+            return self._held
 
     def then(self, *steps: str) -> None:
         """Queues behaviours of the next PaymentIntent creations or confirmations: "decline"
@@ -165,6 +184,7 @@ class FakeStripe(BillingObjects):
         if not auth.startswith("Bearer " + self.api_key_prefix):
             self._send(http, record, 401, _error("invalid_request_error", "Invalid API Key"))
             return
+        self._hold()
         body_key = json.dumps([method, path, sorted(pairs)])
         if method == "POST" and key and self._answered_by_key(http, record, key, body_key):
             return
@@ -180,6 +200,17 @@ class FakeStripe(BillingObjects):
         if delay:
             time.sleep(delay)
         self._send(http, record, status, answer)
+
+    def _hold(self) -> None:
+        if self._flowing.is_set():
+            return
+        with self._lock:
+            self._held += 1
+        try:
+            self._flowing.wait()
+        finally:
+            with self._lock:
+                self._held -= 1
 
     def _answered_by_key(
         self, http: BaseHTTPRequestHandler, record: RecordedRequest, key: str, body_key: str
