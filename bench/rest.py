@@ -64,6 +64,9 @@ def gateway_process(port: int, embed_addr: str, metering_addr: str) -> Iterator[
         "GATEWAY_EMBED_ADDR": f"dns:///{embed_addr}",
         "GATEWAY_METERING_ADDR": metering_addr,
         "GATEWAY_LOG_LEVEL": "warning",
+        # One org at full speed: the bench measures capacity, not a tenant's limit.
+        "GATEWAY_RATE_LIMIT_RPM": "0",
+        "GATEWAY_RATE_LIMIT_TPM": "0",
     }
     with process(["-m", "gateway"], env, lambda: http_ok(f"http://127.0.0.1:{port}/readyz")) as pid:
         yield pid

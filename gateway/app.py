@@ -50,6 +50,7 @@ from gateway.openai_schema import (
     ErrorSchema,
     PredictResponseSchema,
 )
+from gateway.ratelimit import RateLimiter, open_storage
 from gateway.settings import Settings
 from gateway.usage import USAGE_PATH, add_usage_route
 
@@ -65,7 +66,7 @@ _ERROR_DOCS: dict[int | str, dict[str, Any]] = {
         (402, "billing not active"),
         (404, "unknown model"),
         (413, "body too large"),
-        (429, "embedding service at capacity (see Retry-After)"),
+        (429, "over the org's rate limit, or the service at capacity (see Retry-After)"),
         (503, "an upstream is unavailable"),
     )
 }
@@ -93,14 +94,30 @@ def _lifespan(
             clock=clock,
             payment_required=payment_required(settings.billing_page_url),
         )
+        handler.limiter = RateLimiter(
+            open_storage(
+                settings.rate_limit_redis_url,
+                settings.rate_limit_key_prefix,
+                settings.rate_limit_timeout_s,
+            ),
+            default_rpm=settings.rate_limit_rpm,
+            default_tpm=settings.rate_limit_tpm,
+            window_s=settings.rate_limit_window_s,
+            timeout_s=settings.rate_limit_timeout_s,
+            on_unavailable=metrics.rate_limit_unavailable.inc,
+            on_limited=lambda limit: metrics.rate_limited.labels(limit).inc(),
+        )
         app.state.upstreams = upstreams
         app.state.auth = handler.auth
+        app.state.limiter = handler.limiter
+        await handler.limiter.warm_up()
         log.info("gateway_started model=%s", settings.model_name)
         try:
             yield
         finally:
             handler.upstreams = None
             handler.auth = None
+            handler.limiter = None
             await upstreams.close()
             log.info("gateway_stopped")
 

@@ -38,6 +38,8 @@ class Caller:
     billing_ok: bool
     billing_state: str
     billing_message: str
+    requests_per_minute: int = 0  # the org's own rate limits; 0: the gateway's default
+    tokens_per_minute: int = 0
 
 
 _Entry = tuple[float, "Caller | ApiError"]
@@ -146,6 +148,8 @@ class Authenticator:
             billing_ok=reply.billing_ok,
             billing_state=reply.billing_state,
             billing_message=reply.billing_message,
+            requests_per_minute=reply.requests_per_minute,
+            tokens_per_minute=reply.tokens_per_minute,
         )
 
 

@@ -1,6 +1,7 @@
-"""The embeddings and predict routes: read the raw body (size-limited), authenticate, validate,
-call `Embed` with `packed=True` and write orjson bytes; no pydantic model sits on the response
-path. `HotPathMiddleware` serves these routes straight from the ASGI scope.
+"""The embeddings and predict routes: read the raw body (size-limited), authenticate, hold the
+org to its rate limits, validate, call `Embed` with `packed=True` and write orjson bytes; no
+pydantic model sits on the response path. `HotPathMiddleware` serves these routes straight
+from the ASGI scope.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from gateway.clients import Upstreams
 from gateway.errors import ApiError, at_capacity, from_upstream
 from gateway.metrics import GatewayMetrics
 from gateway.openai_schema import EmbeddingRequest, encode_response, parse_request, vectors_matrix
+from gateway.ratelimit import Admission, RateLimiter
 from gateway.settings import Settings
 from intent_embed.v1 import embed_pb2
 
@@ -37,8 +39,10 @@ def json_response(
     return Response(content=content, status_code=status, media_type=JSON, headers=headers)
 
 
-def error_response(err: ApiError, request_id: str | None = None) -> Response:
-    headers = dict(err.headers)
+def error_response(
+    err: ApiError, request_id: str | None = None, extra_headers: dict[str, str] | None = None
+) -> Response:
+    headers = {**(extra_headers or {}), **err.headers}
     if request_id:
         headers["x-request-id"] = request_id
     return json_response(err.body(), err.status, headers)
@@ -52,6 +56,7 @@ class EmbeddingsHandler:
         self.metrics = metrics
         self.upstreams: Upstreams | None = None
         self.auth: Authenticator | None = None
+        self.limiter: RateLimiter | None = None
         self.inflight = 0
 
     async def read_body(self, request: Request) -> bytes:
@@ -83,8 +88,9 @@ class EmbeddingsHandler:
         request_id = str(uuid.uuid4())
         start = time.monotonic()
         org = "-"
+        admission: Admission | None = None
         try:
-            if self.upstreams is None or self.auth is None:
+            if self.upstreams is None or self.auth is None or self.limiter is None:
                 raise ApiError(503, "The gateway is starting.", type_="service_unavailable")
             length = request.headers.get("content-length")
             if (
@@ -95,6 +101,10 @@ class EmbeddingsHandler:
                 raise _too_large(self.settings.max_body_bytes)
             caller = await self.auth.caller(request.headers.get("authorization"))
             org = caller.org_id
+            # Before the body is read: a refused request costs as little as possible.
+            admission = await self.limiter.admit(
+                org, caller.requests_per_minute, caller.tokens_per_minute
+            )
             raw = await self.read_body(request)
             try:
                 body = orjson.loads(raw)
@@ -114,6 +124,7 @@ class EmbeddingsHandler:
                     code="project_not_found",
                 )
             reply = await self.embed(req, caller.org_id, request_id)
+            admission = await self.limiter.charge(admission, reply.usage.prompt_tokens)
             content = encode_response(
                 vectors_matrix(reply.embeddings),
                 req.encoding_format,
@@ -129,7 +140,7 @@ class EmbeddingsHandler:
                 "embed_failed request_id=%s org=%s status=%d code=%s ms=%.1f",
                 request_id, org, err.status, err.code, 1000 * (time.monotonic() - start),
             )  # fmt: skip
-            return error_response(err, request_id)
+            return error_response(err, request_id, admission.headers() if admission else None)
         self.metrics.inputs.inc(req.count)
         self.metrics.tokens.inc(reply.usage.prompt_tokens)
         if log.isEnabledFor(logging.DEBUG):
@@ -138,7 +149,7 @@ class EmbeddingsHandler:
                 request_id, caller.org_id, req.count, reply.usage.prompt_tokens,
                 1000 * (time.monotonic() - start),
             )  # fmt: skip
-        return json_response(content, headers={"x-request-id": request_id})
+        return json_response(content, headers={"x-request-id": request_id, **admission.headers()})
 
     async def embed(
         self, req: EmbeddingRequest, org_id: str, request_id: str

@@ -59,6 +59,18 @@ class GatewayMetrics:
         self.tokens = Counter(
             "gateway_tokens_total", "prompt tokens embedded successfully", registry=self.registry
         )
+        self.rate_limited = Counter(
+            "gateway_ratelimited_total",
+            "requests refused with 429 for an org's rate limit, by limit (requests, tokens)",
+            ["limit"],
+            registry=self.registry,
+        )
+        self.rate_limit_unavailable = Counter(
+            "gateway_ratelimit_unavailable_total",
+            "rate-limit checks the store (Redis) failed to answer; the request was served "
+            "without a limit (fail open)",
+            registry=self.registry,
+        )
 
 
 class MetricsMiddleware:

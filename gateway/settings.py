@@ -71,6 +71,37 @@ class Settings(BaseSettings):
         "reach the gateway directly: anyone could set those headers",
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with a 429")
+    rate_limit_rpm: int = Field(
+        default=3000,
+        ge=0,
+        description="requests per minute an org may make, unless the ledger gives it its own "
+        "(admin set-limits); 0: no limit",
+    )
+    rate_limit_tpm: int = Field(
+        default=1_000_000,
+        ge=0,
+        description="input tokens per minute an org may embed, unless the ledger gives it its "
+        "own; 0: no limit",
+    )
+    rate_limit_redis_url: str = Field(
+        default="",
+        description="Redis (redis://host:6379/0) that every gateway replica counts rate limits "
+        "in; empty: each process counts alone, in memory (one replica, make run)",
+    )
+    rate_limit_key_prefix: str = Field(
+        default="intent-embed", description="prefix of the rate-limit keys in Redis"
+    )
+    rate_limit_timeout_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="deadline of one rate-limit call to Redis; past it the request is served "
+        "without a limit check (fail open) and Redis is left alone for 2 s",
+    )
+    rate_limit_window_s: int = Field(
+        default=60,
+        ge=1,
+        description="the window of both rate limits, in seconds (60: per minute, as named)",
+    )
     model_name: str = Field(default="intent-embed", description="the one model name the API serves")
     log_level: str = Field(default="info", description="logging level")
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")

@@ -28,6 +28,8 @@ class AuthInfo:
     key_id: str
     project_ids: list[str]
     billing: BillingStatus
+    rate_limit_rpm: int | None = None  # None: the gateway's default
+    rate_limit_tpm: int | None = None
 
 
 def _new_id(prefix: str) -> str:
@@ -64,6 +66,8 @@ def authenticate(engine: Engine, api_key: str, max_unpaid_usd: int) -> AuthInfo:
             key_id=row.id,
             project_ids=list(projects),
             billing=billing_status(session, org, max_unpaid_usd),
+            rate_limit_rpm=org.rate_limit_rpm,
+            rate_limit_tpm=org.rate_limit_tpm,
         )
 
 
@@ -103,6 +107,31 @@ def attach_stripe(engine: Engine, org_id: str, customer_id: str) -> Org:
         org.billing_state = STATE_OK
         org.billing_retry_at = None
         org.billing_failures = 0
+        session.add(org)
+        session.commit()
+        session.refresh(org)
+        return org
+
+
+def set_rate_limits(
+    engine: Engine, org_id: str, rpm: int | None, tpm: int | None, *, clear: bool = False
+) -> Org:
+    """Sets the org's requests and tokens per minute; a limit passed as None stays as it is,
+    0 (or `clear`, both) goes back to the gateway's default. The gateway applies the change
+    once its cached Authenticate answer for a key expires (`GATEWAY_AUTH_CACHE_S`)."""
+    for flag, value in (("--rpm", rpm), ("--tpm", tpm)):
+        if value is not None and value < 0:
+            raise LedgerError(f"{flag} must be 0 (the default) or more, got {value}")
+    if rpm is None and tpm is None and not clear:
+        raise LedgerError("nothing to set: pass --rpm, --tpm or --clear")
+    with Session(engine) as session:
+        org = _org(session, org_id)
+        if clear:
+            org.rate_limit_rpm = org.rate_limit_tpm = None
+        if rpm is not None:
+            org.rate_limit_rpm = rpm or None
+        if tpm is not None:
+            org.rate_limit_tpm = tpm or None
         session.add(org)
         session.commit()
         session.refresh(org)

@@ -34,6 +34,13 @@ _COMMANDS: list[tuple[str, str, list[tuple[str, dict[str, Any]]]]] = [
         ("--org", {"required": True}),
         ("--customer", {"required": True, "help": "Stripe customer id (cus_...)"}),
     ]),
+    ("set-limits", "set an org's rate limits (requests, tokens per minute); 0 or --clear: "
+     "back to the gateway's default", [
+        ("--org", {"required": True}),
+        ("--rpm", {"type": int, "default": None, "help": "requests per minute (0: default)"}),
+        ("--tpm", {"type": int, "default": None, "help": "tokens per minute (0: default)"}),
+        ("--clear", {"action": "store_true", "help": "both limits back to the default"}),
+    ]),
     ("create-project", "create a project in an org; prints its id", [
         ("--org", {"required": True}), ("--name", {"required": True}),
     ]),
@@ -81,6 +88,9 @@ def run_command(args: argparse.Namespace, settings: Settings) -> Any:
             "create-org": lambda: org_as_dict(ledger.create_org(args.name, args.stripe_customer)),
             "orgs": lambda: [org_as_dict(o) for o in ledger.list_orgs()],
             "attach-stripe": lambda: org_as_dict(ledger.attach_stripe(args.org, args.customer)),
+            "set-limits": lambda: org_as_dict(
+                ledger.set_rate_limits(args.org, args.rpm, args.tpm, clear=args.clear)
+            ),
             "create-project": lambda: _project(ledger.create_project(args.org, args.name)),
             "projects": lambda: [_project(p) for p in ledger.list_projects(args.org)],
             "create-key": lambda: _new_key(*ledger.create_key(args.org, args.name)),
@@ -194,6 +204,9 @@ def org_as_dict(org: Org) -> dict[str, Any]:
         "stripe_customer_id": org.stripe_customer_id or "",
         "payment_method_id": org.payment_method_id or "",
         "billing_state": state_of(org),
+        # 0: the gateway's default (GATEWAY_RATE_LIMIT_RPM / _TPM)
+        "rate_limit_rpm": org.rate_limit_rpm or 0,
+        "rate_limit_tpm": org.rate_limit_tpm or 0,
         "created_at": org.created_at.isoformat(),
     }
 

@@ -53,6 +53,11 @@ class Ledger:
     def attach_stripe(self, org_id: str, customer_id: str) -> Org:
         return accounts.attach_stripe(self.engine, org_id, customer_id)
 
+    def set_rate_limits(
+        self, org_id: str, rpm: int | None, tpm: int | None, *, clear: bool = False
+    ) -> Org:
+        return accounts.set_rate_limits(self.engine, org_id, rpm, tpm, clear=clear)
+
     def list_orgs(self) -> list[Org]:
         return accounts.list_orgs(self.engine)
 

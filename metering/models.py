@@ -52,6 +52,9 @@ class Org(SQLModel, table=True):
     # Stripe's `created` of the newest payment-method event applied to the org: an older one
     # delivered late (Stripe does not order deliveries, and retries for 3 days) is ignored.
     payment_method_event_at: dt.datetime | None = None
+    # Requests and tokens per minute the gateway allows the org; None: the gateway's default.
+    rate_limit_rpm: int | None = Field(default=None, sa_type=BigInteger)
+    rate_limit_tpm: int | None = Field(default=None, sa_type=BigInteger)
     created_at: dt.datetime = Field(default_factory=utcnow)
 
 

@@ -245,6 +245,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             project_ids=info.project_ids,
             key_id=info.key_id,
             billing_message=info.billing.message,
+            requests_per_minute=info.rate_limit_rpm or 0,
+            tokens_per_minute=info.rate_limit_tpm or 0,
         )
 
     async def _in_thread(

@@ -20,7 +20,7 @@ SETTINGS: list[type[BaseSettings]] = [
     metering.sidecar.settings.SidecarSettings,
 ]
 # Read by the test suite, not by a service.
-NOT_SETTINGS = {"METERING_TEST_DATABASE_URL"}
+NOT_SETTINGS = {"METERING_TEST_DATABASE_URL", "GATEWAY_TEST_REDIS_URL"}
 ENV_NAME = re.compile(r"\b(?:EMBED|METERING|GATEWAY)_[A-Z0-9_]*[A-Z0-9]\b")
 
 

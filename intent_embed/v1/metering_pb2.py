@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eintent_embed/v1/metering.proto\x12\x0fintent_embed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x01\n\nUsageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06tokens\x18\x05 \x01(\x04\x12\x0e\n\x06inputs\x18\x06 \x01(\r\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x12RecordUsageRequest\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.intent_embed.v1.UsageEvent\";\n\x13RecordUsageResponse\x12\x10\n\x08recorded\x18\x01 \x01(\r\x12\x12\n\nduplicates\x18\x02 \x01(\r\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"\xa1\x01\n\x14\x41uthenticateResponse\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x10\n\x08org_name\x18\x02 \x01(\t\x12\x12\n\nbilling_ok\x18\x03 \x01(\x08\x12\x15\n\rbilling_state\x18\x04 \x01(\t\x12\x13\n\x0bproject_ids\x18\x05 \x03(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x17\n\x0f\x62illing_message\x18\x07 \x01(\t\"\x86\x01\n\x0fGetUsageRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nstart_date\x18\x04 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x05 \x01(\t\"j\n\x0bUsageBucket\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x18\n\x10\x63ost_nanodollars\x18\x05 \x01(\x04\"S\n\x08\x44\x61yUsage\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x18\n\x10\x63ost_nanodollars\x18\x04 \x01(\x04\"l\n\x0cProjectUsage\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x18\n\x10\x63ost_nanodollars\x18\x05 \x01(\x04\"\xb3\x03\n\x10GetUsageResponse\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\x04\x12\x16\n\x0etotal_requests\x18\x03 \x01(\x04\x12\x14\n\x0cowed_dollars\x18\x04 \x01(\x04\x12\x17\n\x0f\x63harged_dollars\x18\x05 \x01(\x04\x12\x17\n\x0fpending_dollars\x18\x06 \x01(\x04\x12-\n\x07\x62uckets\x18\x07 \x03(\x0b\x32\x1c.intent_embed.v1.UsageBucket\x12\x15\n\rbilling_state\x18\x08 \x01(\t\x12\'\n\x04\x64\x61ys\x18\t \x03(\x0b\x32\x19.intent_embed.v1.DayUsage\x12/\n\x08projects\x18\n \x03(\x0b\x32\x1d.intent_embed.v1.ProjectUsage\x12\x1e\n\x16total_cost_nanodollars\x18\x0b \x01(\x04\x12\x12\n\nbilling_ok\x18\x0c \x01(\x08\x12\x17\n\x0f\x62illing_message\x18\r \x01(\t\x12\x1a\n\x12has_payment_method\x18\x0e \x01(\x08\x12\x10\n\x08org_name\x18\x0f \x01(\t\"?\n\x19\x43reateBillingSetupRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x12\n\nreturn_url\x18\x02 \x01(\t\"L\n\x1a\x43reateBillingSetupResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"=\n\x17\x41pplyStripeEventRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\t\"n\n\x18\x41pplyStripeEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x0e\n\x06org_id\x18\x05 \x01(\t2\xf1\x03\n\x0fMeteringService\x12X\n\x0bRecordUsage\x12#.intent_embed.v1.RecordUsageRequest\x1a$.intent_embed.v1.RecordUsageResponse\x12[\n\x0c\x41uthenticate\x12$.intent_embed.v1.AuthenticateRequest\x1a%.intent_embed.v1.AuthenticateResponse\x12O\n\x08GetUsage\x12 .intent_embed.v1.GetUsageRequest\x1a!.intent_embed.v1.GetUsageResponse\x12m\n\x12\x43reateBillingSetup\x12*.intent_embed.v1.CreateBillingSetupRequest\x1a+.intent_embed.v1.CreateBillingSetupResponse\x12g\n\x10\x41pplyStripeEvent\x12(.intent_embed.v1.ApplyStripeEventRequest\x1a).intent_embed.v1.ApplyStripeEventResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eintent_embed/v1/metering.proto\x12\x0fintent_embed.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x01\n\nUsageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06org_id\x18\x02 \x01(\t\x12\x12\n\nproject_id\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06tokens\x18\x05 \x01(\x04\x12\x0e\n\x06inputs\x18\x06 \x01(\r\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x12RecordUsageRequest\x12+\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1b.intent_embed.v1.UsageEvent\";\n\x13RecordUsageResponse\x12\x10\n\x08recorded\x18\x01 \x01(\r\x12\x12\n\nduplicates\x18\x02 \x01(\r\"&\n\x13\x41uthenticateRequest\x12\x0f\n\x07\x61pi_key\x18\x01 \x01(\t\"\xd9\x01\n\x14\x41uthenticateResponse\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x10\n\x08org_name\x18\x02 \x01(\t\x12\x12\n\nbilling_ok\x18\x03 \x01(\x08\x12\x15\n\rbilling_state\x18\x04 \x01(\t\x12\x13\n\x0bproject_ids\x18\x05 \x03(\t\x12\x0e\n\x06key_id\x18\x06 \x01(\t\x12\x17\n\x0f\x62illing_message\x18\x07 \x01(\t\x12\x1b\n\x13requests_per_minute\x18\x08 \x01(\x04\x12\x19\n\x11tokens_per_minute\x18\t \x01(\x04\"\x86\x01\n\x0fGetUsageRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nstart_date\x18\x04 \x01(\t\x12\x10\n\x08\x65nd_date\x18\x05 \x01(\t\"j\n\x0bUsageBucket\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x12\n\nproject_id\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x18\n\x10\x63ost_nanodollars\x18\x05 \x01(\x04\"S\n\x08\x44\x61yUsage\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\x12\x10\n\x08requests\x18\x03 \x01(\x04\x12\x18\n\x10\x63ost_nanodollars\x18\x04 \x01(\x04\"l\n\x0cProjectUsage\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\x12\x10\n\x08requests\x18\x04 \x01(\x04\x12\x18\n\x10\x63ost_nanodollars\x18\x05 \x01(\x04\"\xb3\x03\n\x10GetUsageResponse\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x02 \x01(\x04\x12\x16\n\x0etotal_requests\x18\x03 \x01(\x04\x12\x14\n\x0cowed_dollars\x18\x04 \x01(\x04\x12\x17\n\x0f\x63harged_dollars\x18\x05 \x01(\x04\x12\x17\n\x0fpending_dollars\x18\x06 \x01(\x04\x12-\n\x07\x62uckets\x18\x07 \x03(\x0b\x32\x1c.intent_embed.v1.UsageBucket\x12\x15\n\rbilling_state\x18\x08 \x01(\t\x12\'\n\x04\x64\x61ys\x18\t \x03(\x0b\x32\x19.intent_embed.v1.DayUsage\x12/\n\x08projects\x18\n \x03(\x0b\x32\x1d.intent_embed.v1.ProjectUsage\x12\x1e\n\x16total_cost_nanodollars\x18\x0b \x01(\x04\x12\x12\n\nbilling_ok\x18\x0c \x01(\x08\x12\x17\n\x0f\x62illing_message\x18\r \x01(\t\x12\x1a\n\x12has_payment_method\x18\x0e \x01(\x08\x12\x10\n\x08org_name\x18\x0f \x01(\t\"?\n\x19\x43reateBillingSetupRequest\x12\x0e\n\x06org_id\x18\x01 \x01(\t\x12\x12\n\nreturn_url\x18\x02 \x01(\t\"L\n\x1a\x43reateBillingSetupResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"=\n\x17\x41pplyStripeEventRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\t\"n\n\x18\x41pplyStripeEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12\x0f\n\x07outcome\x18\x04 \x01(\t\x12\x0e\n\x06org_id\x18\x05 \x01(\t2\xf1\x03\n\x0fMeteringService\x12X\n\x0bRecordUsage\x12#.intent_embed.v1.RecordUsageRequest\x1a$.intent_embed.v1.RecordUsageResponse\x12[\n\x0c\x41uthenticate\x12$.intent_embed.v1.AuthenticateRequest\x1a%.intent_embed.v1.AuthenticateResponse\x12O\n\x08GetUsage\x12 .intent_embed.v1.GetUsageRequest\x1a!.intent_embed.v1.GetUsageResponse\x12m\n\x12\x43reateBillingSetup\x12*.intent_embed.v1.CreateBillingSetupRequest\x1a+.intent_embed.v1.CreateBillingSetupResponse\x12g\n\x10\x41pplyStripeEvent\x12(.intent_embed.v1.ApplyStripeEventRequest\x1a).intent_embed.v1.ApplyStripeEventResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,25 +41,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHENTICATEREQUEST']._serialized_start=368
   _globals['_AUTHENTICATEREQUEST']._serialized_end=406
   _globals['_AUTHENTICATERESPONSE']._serialized_start=409
-  _globals['_AUTHENTICATERESPONSE']._serialized_end=570
-  _globals['_GETUSAGEREQUEST']._serialized_start=573
-  _globals['_GETUSAGEREQUEST']._serialized_end=707
-  _globals['_USAGEBUCKET']._serialized_start=709
-  _globals['_USAGEBUCKET']._serialized_end=815
-  _globals['_DAYUSAGE']._serialized_start=817
-  _globals['_DAYUSAGE']._serialized_end=900
-  _globals['_PROJECTUSAGE']._serialized_start=902
-  _globals['_PROJECTUSAGE']._serialized_end=1010
-  _globals['_GETUSAGERESPONSE']._serialized_start=1013
-  _globals['_GETUSAGERESPONSE']._serialized_end=1448
-  _globals['_CREATEBILLINGSETUPREQUEST']._serialized_start=1450
-  _globals['_CREATEBILLINGSETUPREQUEST']._serialized_end=1513
-  _globals['_CREATEBILLINGSETUPRESPONSE']._serialized_start=1515
-  _globals['_CREATEBILLINGSETUPRESPONSE']._serialized_end=1591
-  _globals['_APPLYSTRIPEEVENTREQUEST']._serialized_start=1593
-  _globals['_APPLYSTRIPEEVENTREQUEST']._serialized_end=1654
-  _globals['_APPLYSTRIPEEVENTRESPONSE']._serialized_start=1656
-  _globals['_APPLYSTRIPEEVENTRESPONSE']._serialized_end=1766
-  _globals['_METERINGSERVICE']._serialized_start=1769
-  _globals['_METERINGSERVICE']._serialized_end=2266
+  _globals['_AUTHENTICATERESPONSE']._serialized_end=626
+  _globals['_GETUSAGEREQUEST']._serialized_start=629
+  _globals['_GETUSAGEREQUEST']._serialized_end=763
+  _globals['_USAGEBUCKET']._serialized_start=765
+  _globals['_USAGEBUCKET']._serialized_end=871
+  _globals['_DAYUSAGE']._serialized_start=873
+  _globals['_DAYUSAGE']._serialized_end=956
+  _globals['_PROJECTUSAGE']._serialized_start=958
+  _globals['_PROJECTUSAGE']._serialized_end=1066
+  _globals['_GETUSAGERESPONSE']._serialized_start=1069
+  _globals['_GETUSAGERESPONSE']._serialized_end=1504
+  _globals['_CREATEBILLINGSETUPREQUEST']._serialized_start=1506
+  _globals['_CREATEBILLINGSETUPREQUEST']._serialized_end=1569
+  _globals['_CREATEBILLINGSETUPRESPONSE']._serialized_start=1571
+  _globals['_CREATEBILLINGSETUPRESPONSE']._serialized_end=1647
+  _globals['_APPLYSTRIPEEVENTREQUEST']._serialized_start=1649
+  _globals['_APPLYSTRIPEEVENTREQUEST']._serialized_end=1710
+  _globals['_APPLYSTRIPEEVENTRESPONSE']._serialized_start=1712
+  _globals['_APPLYSTRIPEEVENTRESPONSE']._serialized_end=1822
+  _globals['_METERINGSERVICE']._serialized_start=1825
+  _globals['_METERINGSERVICE']._serialized_end=2322
 # @@protoc_insertion_point(module_scope)

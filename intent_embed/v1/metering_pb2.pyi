@@ -48,7 +48,7 @@ class AuthenticateRequest(_message.Message):
     def __init__(self, api_key: _Optional[str] = ...) -> None: ...
 
 class AuthenticateResponse(_message.Message):
-    __slots__ = ("org_id", "org_name", "billing_ok", "billing_state", "project_ids", "key_id", "billing_message")
+    __slots__ = ("org_id", "org_name", "billing_ok", "billing_state", "project_ids", "key_id", "billing_message", "requests_per_minute", "tokens_per_minute")
     ORG_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_NAME_FIELD_NUMBER: _ClassVar[int]
     BILLING_OK_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,8 @@ class AuthenticateResponse(_message.Message):
     PROJECT_IDS_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     BILLING_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
     org_id: str
     org_name: str
     billing_ok: bool
@@ -63,7 +65,9 @@ class AuthenticateResponse(_message.Message):
     project_ids: _containers.RepeatedScalarFieldContainer[str]
     key_id: str
     billing_message: str
-    def __init__(self, org_id: _Optional[str] = ..., org_name: _Optional[str] = ..., billing_ok: _Optional[bool] = ..., billing_state: _Optional[str] = ..., project_ids: _Optional[_Iterable[str]] = ..., key_id: _Optional[str] = ..., billing_message: _Optional[str] = ...) -> None: ...
+    requests_per_minute: int
+    tokens_per_minute: int
+    def __init__(self, org_id: _Optional[str] = ..., org_name: _Optional[str] = ..., billing_ok: _Optional[bool] = ..., billing_state: _Optional[str] = ..., project_ids: _Optional[_Iterable[str]] = ..., key_id: _Optional[str] = ..., billing_message: _Optional[str] = ..., requests_per_minute: _Optional[int] = ..., tokens_per_minute: _Optional[int] = ...) -> None: ...
 
 class GetUsageRequest(_message.Message):
     __slots__ = ("org_id", "project_id", "since", "start_date", "end_date")

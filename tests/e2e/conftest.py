@@ -12,7 +12,12 @@ from devstack.stack import Ports, Stack
 
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(data_dir=Path(tmp_path_factory.mktemp("stack")), ports=Ports.free())
+    stack = Stack(
+        data_dir=Path(tmp_path_factory.mktemp("stack")),
+        ports=Ports.free(),
+        # 64 clients of one org for seconds on end: load, not a tenant to hold to a limit.
+        extra_env={"GATEWAY_RATE_LIMIT_RPM": "0", "GATEWAY_RATE_LIMIT_TPM": "0"},
+    )
     stack.ensure_demo()
     stack.start(timeout=240)
     yield stack

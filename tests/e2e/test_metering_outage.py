@@ -29,7 +29,12 @@ def pod_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
         ports=Ports.free(),
         sidecar=True,
         # Short retry pauses so the spool drains quickly after central comes back.
-        extra_env={"METERING_FORWARD_INTERVAL_S": "0.2"},
+        extra_env={
+            "METERING_FORWARD_INTERVAL_S": "0.2",
+            # Load from one org for minutes: no per-org limit may answer 429 here.
+            "GATEWAY_RATE_LIMIT_RPM": "0",
+            "GATEWAY_RATE_LIMIT_TPM": "0",
+        },
     )
     demo = stack.ensure_demo()
     stack.start(timeout=240)

@@ -163,6 +163,10 @@ class Fakes:
             "embed_addr": f"dns:///127.0.0.1:{self.embed_upstream.port}",
             "metering_addr": f"127.0.0.1:{self.metering_upstream.port}",
             "embed_timeout_s": 5.0,
+            # Off unless a test is about them (tests/gateway/test_ratelimit.py): the package
+            # shares one gateway, and load tests must not meet a per-org limit.
+            "rate_limit_rpm": 0,
+            "rate_limit_tpm": 0,
         }
         values.update(overrides)
         return Settings(**values)

@@ -15,9 +15,11 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
+from intent_embed.v1 import metering_pb2
 from metering.__main__ import main as metering_main
 from metering.models import utcnow
 from metering.usage import Event
+from tests.metering.harness import Service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -147,3 +149,34 @@ def test_unknown_ids_fail_clearly_and_write_nothing(sqlite_url: str) -> None:
 def test_missing_schema_points_to_migrate(tmp_path: Path) -> None:
     err = admin_process(f"sqlite:///{tmp_path / 'empty.db'}", "orgs", ok=False)
     assert "python -m metering migrate" in err
+
+
+async def test_set_limits_reach_the_gateway_through_authenticate(service: Service) -> None:
+    # An operator gives one org its own limits; the gateway learns them from Authenticate.
+    url = service.ledger.engine.url.render_as_string(hide_password=False)
+    org_id = admin(url, "create-org", "--name", "acme")["org_id"]
+    _, key = service.ledger.create_key(org_id)
+
+    async def limits() -> tuple[int, int]:
+        reply = await service.stub.Authenticate(metering_pb2.AuthenticateRequest(api_key=key))
+        return reply.requests_per_minute, reply.tokens_per_minute
+
+    assert await limits() == (0, 0)  # the gateway's default
+    org = admin(url, "set-limits", "--org", org_id, "--rpm", "120", "--tpm", "50000")
+    assert (org["rate_limit_rpm"], org["rate_limit_tpm"]) == (120, 50_000)
+    assert await limits() == (120, 50_000)
+    admin(url, "set-limits", "--org", org_id, "--tpm", "0")  # one limit back, the other kept
+    assert await limits() == (120, 0)
+    admin(url, "set-limits", "--org", org_id, "--tpm", "7", "--rpm", "9")
+    admin(url, "set-limits", "--org", org_id, "--clear")
+    assert await limits() == (0, 0)
+    assert [o["rate_limit_rpm"] for o in admin(url, "orgs")] == [0]
+
+    for args, needle in [
+        (("set-limits", "--org", "org_missing", "--rpm", "5"), "org_missing"),
+        (("set-limits", "--org", org_id, "--rpm", "-1"), "--rpm"),
+        (("set-limits", "--org", org_id), "--clear"),
+    ]:
+        err = admin(url, *args, ok=False)
+        assert err.startswith("error:") and needle in err, err
+    assert await limits() == (0, 0)

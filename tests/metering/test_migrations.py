@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy import text
 from sqlmodel import Session, SQLModel
 
@@ -81,4 +82,52 @@ def test_sqlite_upgrade_dates_each_org_by_its_newest_payment_method_event(sqlite
 @pytest.mark.postgres
 def test_postgres_upgrade_dates_each_org_by_its_newest_payment_method_event(pg_url: str) -> None:
     assert _back_to_0003_and_up_again(pg_url) == NEWEST
+    assert _drift(pg_url) == []
+
+
+def test_one_head_and_it_is_the_rate_limits() -> None:
+    # `python -m metering migrate` upgrades to "head": two heads would make it fail.
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+    assert heads == ["0006"]
+
+
+def _limits_down_and_up(url: str) -> tuple[int | None, int | None]:
+    """An org with its own limits; down before 0006 (the columns go, the org stays), up again:
+    the org is back on the gateway's default."""
+    from alembic import command
+
+    engine = make_engine(url)
+    with Session(engine) as session:
+        session.add(Org(id="org_lim", name="acme", rate_limit_rpm=10, rate_limit_tpm=1000))
+        session.commit()
+    with engine.begin() as connection:
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0004")
+        columns = {c["name"] for c in sa_inspect(connection).get_columns("orgs")}
+        assert "rate_limit_rpm" not in columns and "rate_limit_tpm" not in columns
+        assert connection.execute(text("SELECT name FROM orgs WHERE id = 'org_lim'")).scalar() == (
+            "acme"
+        )
+    engine.dispose()
+    migrate(url)
+    engine = make_engine(url)
+    with Session(engine) as session:
+        org = session.get(Org, "org_lim")
+        assert org is not None
+        limits = (org.rate_limit_rpm, org.rate_limit_tpm)
+    engine.dispose()
+    return limits
+
+
+def test_sqlite_rate_limit_columns_go_down_and_up(sqlite_url: str) -> None:
+    assert _limits_down_and_up(sqlite_url) == (None, None)
+    assert _drift(sqlite_url) == []
+
+
+@pytest.mark.postgres
+def test_postgres_rate_limit_columns_go_down_and_up(pg_url: str) -> None:
+    assert _limits_down_and_up(pg_url) == (None, None)
     assert _drift(pg_url) == []
