@@ -23,7 +23,7 @@ from embed_service.model import EmbeddingModel
 from embed_service.settings import Settings
 from embed_service.usage import UsageRecord, UsageSink, now_utc
 from embed_service.validation import token_ids
-from intent_embed.grpc_server import GrpcServer, abort
+from intent_embed.grpc_server import QUIET_S, GrpcServer, abort
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -47,20 +47,11 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
         self.settings = settings
         self.metrics = metrics
         self.accepting = False
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    async def idle(self) -> None:
-        """Returns once no Embed call is in flight."""
-        await self._idle.wait()
 
     async def Embed(
         self, request: embed_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embed_pb2.EmbedResponse:
         self.metrics.inflight.inc()
-        self._in_flight += 1
-        self._idle.clear()
         code = grpc.StatusCode.OK
         try:
             return await self._embed(request)
@@ -76,9 +67,6 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
             await abort(context, grpc.StatusCode.INTERNAL, "internal error; retry later")
         finally:
             self.metrics.inflight.dec()
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
             self.metrics.requests.labels(code=code.name).inc()
 
     async def Info(
@@ -188,6 +176,7 @@ class EmbedServer:
             lambda server: embed_pb2_grpc.add_EmbedServiceServicer_to_server(self.servicer, server),
             f"{settings.host}:{settings.port}",
             options,
+            registry=self.metrics.registry,
         )
         self.port = self.grpc_server.port
 
@@ -201,15 +190,16 @@ class EmbedServer:
         await self.grpc_server.set_serving()
         log.info("serving port=%d warmup_s=%.2f", self.port, time.monotonic() - started)
 
-    async def stop(self, grace: float | None = None) -> None:
+    async def stop(self, grace: float | None = None, *, quiet_s: float = QUIET_S) -> None:
         """Health NOT_SERVING, refuse new calls, let in-flight ones finish within `grace`.
 
         The port stays open until the in-flight calls are done: a call that reaches a draining
-        pod is answered UNAVAILABLE by the servicer, which the gateway's retry policy sends on."""
+        pod is answered UNAVAILABLE by the shared drain, which the gateway's retry policy sends
+        on."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         started = time.monotonic()
         self.servicer.accepting = False
-        await self.grpc_server.stop(grace, idle=self.servicer.idle)
+        await self.grpc_server.stop(grace, quiet_s=quiet_s)
         await self.batcher.close()
         await self.usage_sink.close()
         log.info("stopped seconds=%.2f", time.monotonic() - started)

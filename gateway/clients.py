@@ -25,12 +25,18 @@ METERING_SERVICE = "intent_embed.v1.MeteringService"
 # headless Service); the default pick_first would pin all traffic of this replica to one pod.
 # An Embed call that finds its pod UNAVAILABLE (draining, just gone) is tried once more, by
 # gRPC itself, with the same message: the request id, the usage idempotency key, stays the same.
+# Metering's reads (Authenticate, GetUsage) change nothing and are retried the same way;
+# CreateBillingSetup is not: a retry could open a second Stripe session.
 _SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
         "methodConfig": [
             {
-                "name": [{"service": "intent_embed.v1.EmbedService", "method": "Embed"}],
+                "name": [
+                    {"service": "intent_embed.v1.EmbedService", "method": "Embed"},
+                    {"service": "intent_embed.v1.MeteringService", "method": "Authenticate"},
+                    {"service": "intent_embed.v1.MeteringService", "method": "GetUsage"},
+                ],
                 "retryPolicy": {
                     "maxAttempts": 2,
                     "initialBackoff": "0.01s",

@@ -2,11 +2,12 @@
 
 `GrpcServer` registers the standard health service (``""`` and the service's own name) and
 reflection next to the service, binds the port (0 picks a free one) and reports NOT_SERVING
-until the owner says it is ready; `stop` turns health NOT_SERVING before in-flight calls get
-their grace, and can keep the port open until the owner's calls are done so that a call arriving
-meanwhile gets the owner's own refusal (UNAVAILABLE, which clients retry elsewhere) rather than
-the transport's CANCELLED. `abort` ends a call with a status and its rich details (the field to
-fix, a reason clients branch on); `until_signalled` waits for SIGTERM or SIGINT.
+until the owner says it is ready; `stop` turns health NOT_SERVING, then keeps the port open
+while its `DrainInterceptor` answers new calls UNAVAILABLE (which clients retry elsewhere)
+until the calls in flight are done and a short quiet period has passed, and only then stops
+grpc, so that no call gets the transport's CANCELLED. `abort` ends a call with a status and
+its rich details (the field to fix, a reason clients branch on); `until_signalled` waits for
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
+from intent_embed.drain import DrainInterceptor
 from intent_embed.rich_status import status_with_details
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -29,9 +32,15 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+# How long a draining server stays reachable after its last call: long enough for callers
+# that have not yet seen NOT_SERVING (or the endpoint's removal) to be refused and retry.
+QUIET_S = 1.0
+
+
 class GrpcServer:
     """A grpc.aio server with one service, health and reflection, bound to `address`;
-    `interceptors` run in order around every call, health and reflection included."""
+    `interceptors` run in order around every call, health and reflection included, after the
+    drain interceptor; `registry` gets its in-flight gauge and refused-while-draining counter."""
 
     def __init__(
         self,
@@ -40,9 +49,13 @@ class GrpcServer:
         address: str,
         options: Sequence[tuple[str, Any]] = (),
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.service_name = service_name
-        self.server = grpc.aio.server(options=list(options), interceptors=list(interceptors))
+        self.drain = DrainInterceptor(registry)
+        self.server = grpc.aio.server(
+            options=list(options), interceptors=[self.drain, *interceptors]
+        )
         register(self.server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -64,20 +77,18 @@ class GrpcServer:
         """Health SERVING (or NOT_SERVING) for both names."""
         await self._set_health(_SERVING if serving else _NOT_SERVING)
 
-    async def stop(
-        self, grace: float, *, idle: Callable[[], Awaitable[object]] | None = None
-    ) -> None:
-        """Health NOT_SERVING for good, then in-flight calls get `grace` seconds to finish.
-
-        With `idle` (returns once the owner has no call in flight; the owner refuses new ones
-        itself) the server keeps listening until then, within `grace`, and stops after."""
+    async def stop(self, grace: float, *, quiet_s: float = QUIET_S) -> None:
+        """Health NOT_SERVING for good and new calls refused UNAVAILABLE; the calls in flight
+        get `grace` seconds to finish, then the port stays open `quiet_s` more (within `grace`)
+        and grpc stops, cancelling whatever is still running."""
         await self.health.enter_graceful_shutdown()
+        self.drain.start_draining()
         deadline = time.monotonic() + grace
-        if idle is not None:
-            try:
-                await asyncio.wait_for(idle(), timeout=grace)
-            except TimeoutError:
-                pass
+        try:
+            await asyncio.wait_for(self.drain.idle(), timeout=grace)
+        except TimeoutError:
+            pass
+        await asyncio.sleep(min(quiet_s, max(0.0, deadline - time.monotonic())))
         await self.server.stop(max(0.0, deadline - time.monotonic()))
 
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:

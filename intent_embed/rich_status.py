@@ -27,6 +27,8 @@ STRIPE_NOT_CONFIGURED = "STRIPE_NOT_CONFIGURED"
 STRIPE_UNAVAILABLE = "STRIPE_UNAVAILABLE"
 STRIPE_BUSY = "STRIPE_BUSY"
 BAD_SIGNATURE = "BAD_SIGNATURE"
+# The server is shutting down: retry, another replica (or this one's successor) answers.
+DRAINING = "DRAINING"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import NoReturn, TypeVar
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from intent_embed.grpc_server import GrpcServer, abort, until_signalled
+from intent_embed.grpc_server import QUIET_S, GrpcServer, abort, until_signalled
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 from metering.billing_setup import SelfService, self_service_from
 from metering.errors import (
@@ -330,8 +330,9 @@ class RunningServer:
     def port(self) -> int:
         return self.grpc_server.port
 
-    async def stop(self, grace: float) -> None:
-        await self.grpc_server.stop(grace)
+    async def stop(self, grace: float, *, quiet_s: float = QUIET_S) -> None:
+        """Drains (see `GrpcServer.stop`), then stops the committer and the Stripe pool."""
+        await self.grpc_server.stop(grace, quiet_s=quiet_s)
         await self.committer.stop()
         self.stripe.shutdown()
 
@@ -352,6 +353,7 @@ async def start_server(
         lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, s),
         address or f"{settings.host}:{settings.port}",
         options=[("grpc.so_reuseport", 0)],
+        registry=metrics.registry,
     )
     await server.start()
     return RunningServer(server, committer, stripe)

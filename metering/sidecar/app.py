@@ -70,6 +70,7 @@ async def start_sidecar(
         SERVICE_NAME,
         lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, s),
         f"{settings.host}:{settings.port}",
+        registry=metrics.registry,
     )
     await server.start()
     forward_task = asyncio.create_task(forwarder.run(), name="forwarder")

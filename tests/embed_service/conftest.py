@@ -72,7 +72,7 @@ def serve() -> ServeFactory:
             yield Running(server, channel, embed_pb2_grpc.EmbedServiceStub(channel), address)
         finally:
             await channel.close()
-            await server.stop(grace=1.0)
+            await server.stop(grace=1.0, quiet_s=0)
 
     return run
 

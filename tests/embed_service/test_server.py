@@ -16,6 +16,7 @@ from embed_service.metrics import EmbedMetrics
 from embed_service.model import EmbeddingModel
 from embed_service.server import SERVICE_NAME
 from embed_service.usage import MeteringUsageSink
+from intent_embed.rich_status import DRAINING, details_of
 from intent_embed.v1 import embed_pb2
 from tests.embed_service.harness import Gate, ServeFactory
 from tests.support.clinc150 import clinc_test_texts
@@ -142,6 +143,7 @@ async def test_stop_keeps_listening_until_in_flight_calls_finish_and_refuses_new
             await running.stub.Embed(embed_pb2.EmbedRequest(inputs=["late"]), timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "shutting down" in (caught.value.details() or "")
+        assert details_of(caught.value).reason == DRAINING
         assert not stopping.done()
         g.open()
         assert len((await in_flight).embeddings) == 1

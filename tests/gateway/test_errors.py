@@ -114,7 +114,12 @@ def test_a_refused_org_is_asked_about_again_soon(fakes: Fakes) -> None:
 
 def test_metering_unreachable_is_503_and_not_cached(fakes: Fakes) -> None:
     with GatewayServer(fakes.settings(auth_cache_s=0)) as gw:
-        fakes.script.auth_failures.append((grpc.StatusCode.UNAVAILABLE, "down"))
+        # One UNAVAILABLE (a metering replica draining) is retried by the channel, unseen.
+        fakes.script.auth_failures.append((grpc.StatusCode.UNAVAILABLE, "draining"))
+        assert post(gw, {"input": "hi", "model": "intent-embed"}).status_code == 200
+        assert not fakes.script.auth_failures
+        # Down for the retry too: 503, and the next call asks again.
+        fakes.script.auth_failures.extend([(grpc.StatusCode.UNAVAILABLE, "down")] * 2)
         err = error_of(post(gw, {"input": "hi", "model": "intent-embed"}), 503)
         assert "metering" in err["message"]
         assert post(gw, {"input": "hi", "model": "intent-embed"}).status_code == 200

@@ -80,7 +80,7 @@ async def service(ledger: Ledger) -> AsyncIterator[Service]:
                       metering_pb2_grpc.MeteringServiceStub(channel))
     finally:
         await channel.close()
-        await running.stop(1.0)
+        await running.stop(1.0, quiet_s=0)
 
 
 @pytest.fixture

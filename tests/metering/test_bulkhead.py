@@ -68,7 +68,7 @@ async def stalled(ledger: Ledger, fake: FakeStripe) -> AsyncIterator[Stalled]:
     finally:
         fake.resume()
         await channel.close()
-        await running.stop(1.0)
+        await running.stop(1.0, quiet_s=0)
 
 
 async def _setup(

@@ -1,5 +1,5 @@
 """MeteringService through a real gRPC channel: RecordUsage (idempotent, group commit, atomic
-per call, bad input), Authenticate, GetUsage and health."""
+per call, bad input), Authenticate, GetUsage, health and the drain on stop."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from intent_embed.rich_status import details_of
+from intent_embed.rich_status import DRAINING, details_of
 from intent_embed.v1 import metering_pb2
 from metering.ledger import Ledger
 from tests.metering.harness import Service
+from tests.support.waiting import eventually
 
 
 def event(
@@ -263,3 +264,14 @@ async def test_ledger_failure_answers_unavailable_and_acks_nothing(
     assert attempts == 3  # a passing database error is retried before giving up
     monkeypatch.undo()
     assert await record(service, event("x1", org, 5)) == (1, 0)
+
+
+async def test_central_metering_refuses_unavailable_while_it_drains(service: Service) -> None:
+    """Central metering's own stop: a call racing it is refused UNAVAILABLE, never CANCELLED."""
+    stopping = asyncio.ensure_future(service.running.stop(10, quiet_s=0.5))
+    await eventually(lambda: service.running.grpc_server.drain.draining, within_s=5)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await service.stub.GetUsage(metering_pb2.GetUsageRequest(org_id="acme"), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert details_of(refused.value).reason == DRAINING
+    await asyncio.wait_for(stopping, timeout=5)

@@ -306,4 +306,4 @@ async def test_grpc_bad_signature_is_invalid_argument(ledger: Ledger, fake: Fake
                 )
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
-        await running.stop(1.0)
+        await running.stop(1.0, quiet_s=0)

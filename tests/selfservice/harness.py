@@ -49,7 +49,7 @@ class MeteringServer:
 
     async def stop(self) -> None:
         if self._running is not None:
-            await self._running.stop(1.0)
+            await self._running.stop(1.0, quiet_s=0)
 
     async def set_serving(self, serving: bool) -> None:
         assert self._running is not None
