@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from intent_embed.usage_events import MAX_REQUEST_INPUTS, MAX_REQUEST_TOKENS
+
 # The intent adapter this repository keeps (`make train-intent` rebuilds it), merged into the
 # packaged all-MiniLM-L6-v2 at load when `EMBED_MODEL_PATH` names it.
 INTENT_ADAPTER_DIR = Path(__file__).resolve().parent / "models" / "intent-embed"
@@ -59,8 +61,16 @@ class Settings(BaseSettings):
     )
     max_batch_tokens: int = Field(8192, description="padded tokens one forward pass may hold")
     max_batch_size: int = Field(128, description="inputs one forward pass may hold")
-    max_inputs: int = Field(2048, description="inputs one request may carry")
-    max_request_tokens: int = Field(300_000, description="tokens one request may carry in all")
+    max_inputs: int = Field(
+        MAX_REQUEST_INPUTS, ge=1, le=MAX_REQUEST_INPUTS, description="inputs one request may carry"
+    )
+    max_request_tokens: int = Field(
+        MAX_REQUEST_TOKENS,
+        ge=1,
+        le=MAX_REQUEST_TOKENS,
+        description="tokens one request may carry in all (metering refuses usage above the "
+        "default, so it is also the most)",
+    )
     max_queue_inputs: int = Field(
         16384, description="inputs waiting for the model before RESOURCE_EXHAUSTED"
     )
@@ -72,6 +82,11 @@ class Settings(BaseSettings):
         "127.0.0.1:50052", description="metering gRPC address (empty: metering off)"
     )
     metering_timeout_s: float = Field(5.0, description="deadline of one RecordUsage call")
+    metering_token: str = Field(
+        "",
+        description="this service's token, sent with every RecordUsage (metering's "
+        "METERING_EMBED_TOKENS lists it)",
+    )
     num_threads: int = Field(0, description="torch intra-op threads (0: one per CPU core)")
     log_level: str = Field("INFO", description="logging level")
 

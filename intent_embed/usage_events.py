@@ -15,10 +15,13 @@ from typing import Protocol
 MAX_EVENT_ID_CHARS = 256
 MAX_ID_CHARS = 40  # org and project ids
 MAX_MODEL_CHARS = 200
-# One embed request is at most 2048 inputs x 256 tokens (EMBED_MAX_REQUEST_TOKENS is 300,000);
-# anything near 2**63 is a wrapped negative number or garbage and would poison the totals.
-MAX_EVENT_TOKENS = 1_000_000_000
-MAX_EVENT_INPUTS = 1_000_000
+# The most one request may carry: the embed service refuses more (its EMBED_MAX_REQUEST_TOKENS
+# and EMBED_MAX_INPUTS may be set lower, never higher), and metering refuses an event claiming
+# more, so a caller cannot bill an org for more than one real request could cost.
+MAX_REQUEST_TOKENS = 300_000
+MAX_REQUEST_INPUTS = 2048
+MAX_EVENT_TOKENS = MAX_REQUEST_TOKENS
+MAX_EVENT_INPUTS = MAX_REQUEST_INPUTS
 
 
 class UsageEventFields(Protocol):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Index, PrimaryKeyConstraint, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from intent_embed.usage_events import MAX_EVENT_ID_CHARS, MAX_ID_CHARS, MAX_MODEL_CHARS
@@ -80,10 +80,16 @@ class ApiKey(SQLModel, table=True):
 
 
 class UsageEvent(SQLModel, table=True):
-    __tablename__ = "usage_events"
-    __table_args__ = (Index("ix_usage_events_org_at", "org_id", "at"),)
+    """One recorded request; the same event id under another org is another event, so a
+    caller's id can never drop a different org's usage as a duplicate."""
 
-    event_id: str = Field(primary_key=True, max_length=MAX_EVENT_ID_CHARS)
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        PrimaryKeyConstraint("org_id", "event_id", name="usage_events_pkey"),
+        Index("ix_usage_events_org_at", "org_id", "at"),
+    )
+
+    event_id: str = Field(max_length=MAX_EVENT_ID_CHARS)
     org_id: str = Field(max_length=MAX_ID_CHARS)
     project_id: str = Field(default="", max_length=MAX_ID_CHARS)
     model: str = Field(default="", max_length=MAX_MODEL_CHARS)

@@ -68,6 +68,11 @@ _ADD_DAILY = text(
 )
 
 
+def _key(e: Event) -> tuple[str, str]:
+    """What makes an event a duplicate: its id within its org (ids are the callers' own)."""
+    return (e.org_id, e.event_id)
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -102,8 +107,8 @@ class UsageWriter:
         # Built once: constructing the statement per group costs more than running it.
         self._events_insert = (
             insert(events)
-            .on_conflict_do_nothing(index_elements=["event_id"])
-            .returning(events.c.event_id)
+            .on_conflict_do_nothing(index_elements=["org_id", "event_id"])
+            .returning(events.c.org_id, events.c.event_id)
         )
 
     def record_calls(self, calls: Sequence[Sequence[Event]]) -> list[Recorded | LedgerError]:
@@ -123,12 +128,12 @@ class UsageWriter:
                     results[i] = error
                 else:
                     accepted.append(i)
-            # The same event id twice in one group (a client retry racing its first try):
+            # The same event twice in one group (a client retry racing its first try):
             # the first is inserted, the rest are duplicates.
-            owner: dict[str, int] = {}
+            owner: dict[tuple[str, str], int] = {}
             for i in accepted:
                 for e in calls[i]:
-                    owner.setdefault(e.event_id, i)
+                    owner.setdefault(_key(e), i)
             inserted = self._insert_events(conn, [e for i in accepted for e in calls[i]], owner)
             for i, counted in self._count_new(calls, accepted, owner, inserted, conn).items():
                 results[i] = Recorded(counted.requests, len(calls[i]) - counted.requests,
@@ -165,33 +170,34 @@ class UsageWriter:
         return None
 
     def _insert_events(
-        self, conn: Connection, events: list[Event], owner: dict[str, int]
-    ) -> set[str]:
-        """Inserts the first copy of each event id; returns the ids that were new."""
+        self, conn: Connection, events: list[Event], owner: dict[tuple[str, str], int]
+    ) -> set[tuple[str, str]]:
+        """Inserts the first copy of each (org, event id); returns the keys that were new."""
         now = utcnow()
-        seen: set[str] = set()
+        seen: set[tuple[str, str]] = set()
         rows: list[dict[str, Any]] = []
         for e in events:
-            if e.event_id in seen:
+            if _key(e) in seen:
                 continue
-            seen.add(e.event_id)
+            seen.add(_key(e))
             rows.append({"event_id": e.event_id, "org_id": e.org_id, "project_id": e.project_id,
                          "model": e.model, "tokens": e.tokens, "inputs": e.inputs, "at": e.at,
                          "recorded_at": now})  # fmt: skip
         # Sorted: two replicas inserting overlapping ids wait on each other in the same order
         # instead of deadlocking (PostgreSQL).
-        rows.sort(key=lambda row: row["event_id"])
-        inserted: set[str] = set()
+        rows.sort(key=lambda row: (row["org_id"], row["event_id"]))
+        inserted: set[tuple[str, str]] = set()
         for chunk in _chunks(rows, 1000):
-            inserted.update(conn.execute(self._events_insert, list(chunk)).scalars())
+            new = conn.execute(self._events_insert, list(chunk))
+            inserted.update((org, event_id) for org, event_id in new)
         return inserted
 
     def _count_new(
         self,
         calls: Sequence[Sequence[Event]],
         accepted: list[int],
-        owner: dict[str, int],
-        inserted: set[str],
+        owner: dict[tuple[str, str], int],
+        inserted: set[tuple[str, str]],
         conn: Connection,
     ) -> dict[int, _Sums]:
         """Adds the newly inserted events to the running totals; returns what each call added."""
@@ -200,10 +206,10 @@ class UsageWriter:
         daily: dict[tuple[str, str, str, str], _Sums] = defaultdict(_Sums)
         for i in accepted:
             for e in calls[i]:
-                if owner.get(e.event_id) != i or e.event_id not in inserted:
+                if owner.get(_key(e)) != i or _key(e) not in inserted:
                     continue
                 # Only the first occurrence in the group counts; later copies are dups.
-                inserted.discard(e.event_id)
+                inserted.discard(_key(e))
                 per_call[i].add(e)
                 totals[e.org_id].add(e)
                 day = e.at.astimezone(dt.UTC).date().isoformat()

@@ -14,7 +14,7 @@ from intent_embed.usage_events import first_problem
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 from metering.sidecar.forwarder import Forwarder
 from metering.sidecar.metrics import SidecarMetrics
-from metering.sidecar.spool import SpoolFullError
+from metering.sidecar.spool import SpoolFullError, spool_key
 from metering.sidecar.writer import SpoolWriter
 
 log = logging.getLogger("metering.sidecar")
@@ -44,7 +44,7 @@ class SidecarServicer(metering_pb2_grpc.MeteringServiceServicer):
             await self._abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, problem.message, field=problem.field
             )
-        entries = [(e.event_id, e.SerializeToString()) for e in request.events]
+        entries = [(spool_key(e.org_id, e.event_id), e.SerializeToString()) for e in request.events]
         try:
             result = await self._writer.append(entries)
         except SpoolFullError as err:

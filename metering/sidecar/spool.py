@@ -4,10 +4,11 @@ A single SQLite file in WAL mode holds three tables: ``events`` (accepted, not y
 by the central service, in arrival order), ``forwarded`` (event ids the central service
 acknowledged recently, so a retry of the same request is still counted as a duplicate after its
 event left the spool) and ``dead_letters`` (events the central service rejected as invalid; kept,
-never retried, never dropped silently). Every method is one transaction, so an append is either
-fully durable or not there at all; the caller acknowledges only after :meth:`Spool.append`
-returned. Methods are blocking (SQLite fsyncs); the async sidecar calls them via a worker thread,
-and one lock serialises them on the single connection.
+never retried, never dropped silently). An event's id here is its :func:`spool_key`, the event
+id within its org. Every method is one transaction, so an append is either fully durable or not
+there at all; the caller acknowledges only after :meth:`Spool.append` returned. Methods are
+blocking (SQLite fsyncs); the async sidecar calls them via a worker thread, and one lock
+serialises them on the single connection.
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from pathlib import Path
 from typing import Literal
 
 log = logging.getLogger(__name__)
+
+
+def spool_key(org_id: str, event_id: str) -> str:
+    """The spool's id of an event: its event id within its org, as central metering dedups
+    (event ids are callers' request ids, so two orgs may send the same one). Length-prefixed,
+    so no org id and event id pair can spell another pair's key."""
+    return f"{len(org_id)}:{org_id}:{event_id}"
 
 Synchronous = Literal["full", "normal"]
 

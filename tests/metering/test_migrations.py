@@ -1,6 +1,7 @@
 """The Alembic migrations build exactly the schema the code's models describe, and running
 them again is a no-op (``python -m metering migrate`` is safe on every start); 0004 dates each
-org by the payment-method events already applied, and goes down again."""
+org by the payment-method events already applied, 0005 keys usage events by org and event id,
+0006 adds per-org limits; each goes down again."""
 
 from __future__ import annotations
 
@@ -105,7 +106,7 @@ def _limits_down_and_up(url: str) -> tuple[int | None, int | None]:
     with engine.begin() as connection:
         config = alembic_config(url)
         config.attributes["connection"] = connection
-        command.downgrade(config, "0004")
+        command.downgrade(config, "0005")
         columns = {c["name"] for c in sa_inspect(connection).get_columns("orgs")}
         assert "rate_limit_rpm" not in columns and "rate_limit_tpm" not in columns
         assert connection.execute(text("SELECT name FROM orgs WHERE id = 'org_lim'")).scalar() == (
@@ -130,4 +131,45 @@ def test_sqlite_rate_limit_columns_go_down_and_up(sqlite_url: str) -> None:
 @pytest.mark.postgres
 def test_postgres_rate_limit_columns_go_down_and_up(pg_url: str) -> None:
     assert _limits_down_and_up(pg_url) == (None, None)
+    assert _drift(pg_url) == []
+
+
+def _usage_key_down_and_up(url: str) -> tuple[list[str], list[str], int]:
+    """Two orgs' events at head; down before 0005, then up again: the primary key at 0004,
+    at head, and the rows kept."""
+    from alembic import command
+
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        for org in ("org_k1", "org_k2"):
+            connection.execute(text(
+                "INSERT INTO orgs (id, name, billing_state, billing_failures, created_at) "
+                "VALUES (:id, 'acme', 'ok', 0, :at)"
+            ), {"id": org, "at": NEWEST})  # fmt: skip
+            connection.execute(text(
+                "INSERT INTO usage_events (event_id, org_id, project_id, model, tokens, inputs, "
+                "at, recorded_at) VALUES (:event, :org, '', 'm', 5, 1, :at, :at)"
+            ), {"event": f"req-{org}", "org": org, "at": NEWEST})  # fmt: skip
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0004")
+        before = sa_inspect(connection).get_pk_constraint("usage_events")["constrained_columns"]
+    engine.dispose()
+    migrate(url)
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        after = sa_inspect(connection).get_pk_constraint("usage_events")["constrained_columns"]
+        rows = connection.execute(text("SELECT count(*) FROM usage_events")).scalar_one()
+    engine.dispose()
+    return before, after, rows
+
+
+def test_sqlite_usage_key_goes_down_and_up(sqlite_url: str) -> None:
+    assert _usage_key_down_and_up(sqlite_url) == (["event_id"], ["org_id", "event_id"], 2)
+    assert _drift(sqlite_url) == []
+
+
+@pytest.mark.postgres
+def test_postgres_usage_key_goes_down_and_up(pg_url: str) -> None:
+    assert _usage_key_down_and_up(pg_url) == (["event_id"], ["org_id", "event_id"], 2)
     assert _drift(pg_url) == []

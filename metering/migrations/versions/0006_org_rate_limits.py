@@ -4,7 +4,7 @@ Each org may carry its own requests and tokens per minute; NULL (every existing 
 gateway's default, so the upgrade changes no one's limits.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-05 10:00:00.000000
 """
 
@@ -14,8 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-# Relinked after 0005 (usage dedup per org) when both land.
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
