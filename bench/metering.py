@@ -60,6 +60,7 @@ def _service(url: str) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
         "METERING_METRICS_PORT": "0",
         "METERING_BILL_INTERVAL_S": "0",
         "METERING_LOG_LEVEL": "WARNING",
+        "METERING_INSECURE_NO_AUTH": "true",  # the cost of the ledger, not of tokens
     }
     proc = subprocess.Popen([sys.executable, "-m", "metering"], env=env, cwd=ROOT)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -114,6 +115,12 @@ class Stack:
     sidecar: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
+    # Service tokens made for this stack alone: metering serves only callers that send one.
+    tokens: Mapping[str, str] = field(
+        default_factory=lambda: {
+            role: secrets.token_urlsafe(32) for role in ("gateway", "embed", "sidecar")
+        }
+    )
 
     @property
     def database_url(self) -> str:
@@ -161,6 +168,12 @@ class Stack:
                 "GATEWAY_METRICS_PORT": str(self.ports.gateway_metrics),
                 "GATEWAY_EMBED_ADDR": f"dns:///{self.embed_address}",
                 "GATEWAY_METERING_ADDR": self.metering_address,
+                "METERING_GATEWAY_TOKENS": self.tokens["gateway"],
+                "METERING_EMBED_TOKENS": self.tokens["embed"],
+                "METERING_SIDECAR_TOKENS": self.tokens["sidecar"],
+                "METERING_CENTRAL_TOKEN": self.tokens["sidecar"],
+                "EMBED_METERING_TOKEN": self.tokens["embed"],
+                "GATEWAY_METERING_TOKEN": self.tokens["gateway"],
             }
         )
         if service == "sidecar":
@@ -199,10 +212,13 @@ class Stack:
         self._run("metering", "migrate")
 
     def ledger_tokens(self, org_id: str) -> int:
-        """The org's cumulative billed tokens, as central metering's GetUsage reports them."""
+        """The org's cumulative billed tokens, as central metering's GetUsage reports them
+        (asked as the gateway asks: with its service token)."""
         with grpc.insecure_channel(self.metering_address) as channel:
             reply = metering_pb2_grpc.MeteringServiceStub(channel).GetUsage(
-                metering_pb2.GetUsageRequest(org_id=org_id), timeout=30
+                metering_pb2.GetUsageRequest(org_id=org_id),
+                timeout=30,
+                metadata=[("authorization", f"Bearer {self.tokens['gateway']}")],
             )
         return int(reply.total_tokens)
 

@@ -47,8 +47,12 @@ async def serve(settings: Settings) -> None:
         start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     usage_sink: UsageSink
     if settings.metering_addr:
+        if not settings.metering_token:
+            log.warning("metering_token_empty reason=EMBED_METERING_TOKEN is empty, metering "
+                        "refuses usage records unless it runs without service tokens")  # fmt: skip
         usage_sink = MeteringUsageSink(
-            settings.metering_addr, settings.metering_timeout_s, metrics=metrics
+            settings.metering_addr, settings.metering_timeout_s, metrics=metrics,
+            token=settings.metering_token,
         )
     else:
         log.warning("metering_off reason=EMBED_METERING_ADDR_empty usage_not_recorded=true")

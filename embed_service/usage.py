@@ -20,6 +20,7 @@ from embed_service.errors import EmbedError, Unavailable, UsageRejected
 from embed_service.metrics import EmbedMetrics
 from intent_embed.coalesce import Coalescer
 from intent_embed.rich_status import details_of
+from intent_embed.service_auth import client_interceptors
 from intent_embed.usage_events import first_problem
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 
@@ -81,12 +82,15 @@ class MeteringUsageSink:
         timeout_s: float,
         max_events_per_call: int = 500,
         metrics: EmbedMetrics | None = None,
+        token: str = "",
     ) -> None:
         self.address = address
         self.timeout_s = timeout_s
         self.metrics = metrics or EmbedMetrics()
         self._channel = grpc.aio.insecure_channel(
-            address, options=[("grpc.enable_retries", 1), ("grpc.keepalive_time_ms", 60_000)]
+            address,
+            options=[("grpc.enable_retries", 1), ("grpc.keepalive_time_ms", 60_000)],
+            interceptors=client_interceptors(token),
         )
         self._stub = metering_pb2_grpc.MeteringServiceStub(self._channel)
         self._coalescer: Coalescer[_Pending, None] = Coalescer(

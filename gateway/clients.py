@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.settings import Settings
+from intent_embed.service_auth import client_interceptors
 from intent_embed.v1 import embed_pb2_grpc, metering_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,17 @@ def open_upstreams(settings: Settings) -> Upstreams:
     log.info(
         "upstreams_open embed_addr=%s metering_addr=%s", settings.embed_addr, settings.metering_addr
     )
+    if not settings.metering_token:
+        log.warning(
+            "metering_token_empty reason=GATEWAY_METERING_TOKEN is empty, metering refuses "
+            "the gateway's calls unless it runs without service tokens"
+        )
     return Upstreams(
         embed_channel=grpc.aio.insecure_channel(settings.embed_addr, options=_CHANNEL_OPTIONS),
         metering_channel=grpc.aio.insecure_channel(
-            settings.metering_addr, options=_CHANNEL_OPTIONS
+            settings.metering_addr,
+            options=_CHANNEL_OPTIONS,
+            interceptors=client_interceptors(settings.metering_token),
         ),
     )
 

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     metering_addr: str = Field(
         default="127.0.0.1:50052", description="metering gRPC address (auth)"
     )
+    metering_token: str = Field(
+        default="",
+        description="the gateway's service token, sent with every call to metering (metering's "
+        "METERING_GATEWAY_TOKENS lists it)",
+    )
     auth_cache_s: float = Field(
         default=30.0, ge=0, description="how long a key's Authenticate answer is reused"
     )

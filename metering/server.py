@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from intent_embed.grpc_server import QUIET_S, GrpcServer, abort, until_signalled
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
+from metering import service_identity
 from metering.billing_setup import SelfService, self_service_from
 from metering.errors import (
     BadSignature,
@@ -38,6 +39,7 @@ from metering.group_commit import GroupCommitter
 from metering.ledger import Ledger
 from metering.models import utcnow
 from metering.reports import Bucket, ProjectUsage, UsageReport, parse_range
+from metering.service_identity import CENTRAL_METHODS, EMBED, GATEWAY, SIDECAR
 from metering.settings import Settings
 from metering.stripe_pool import StripePool
 from metering.usage import Event, validate_events
@@ -80,6 +82,13 @@ class Metrics:
         self.stripe_calls = Gauge(
             "metering_stripe_calls",
             "self-service calls running or waiting on the Stripe pool (full: STRIPE_BUSY)",
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "metering_calls_refused_total",
+            "calls refused before any work: no service token (UNAUTHENTICATED) or a caller "
+            "not allowed the method (PERMISSION_DENIED)",
+            ["code"],
             registry=self.registry,
         )
         # Children bound once: RecordUsage is the hot path (a label lookup per call adds up).
@@ -340,7 +349,16 @@ class RunningServer:
 async def start_server(
     ledger: Ledger, settings: Settings, metrics: Metrics, *, address: str | None = None
 ) -> RunningServer:
-    """Starts the gRPC server (SERVING once listening) and its group committer."""
+    """Starts the gRPC server (SERVING once listening) and its group committer; raises
+    NoTokens when the settings name no service token and do not allow serving without."""
+    auth = service_identity.interceptor(
+        {GATEWAY: settings.gateway_tokens, EMBED: settings.embed_tokens,
+         SIDECAR: settings.sidecar_tokens},
+        CENTRAL_METHODS,
+        insecure=settings.insecure_no_auth,
+        on_refused=lambda code: metrics.refused.labels(code).inc(),
+    )  # fmt: skip
+    identity = [auth] if auth is not None else []
     committer = GroupCommitter(
         ledger.record_calls, max_events=settings.commit_max_events, observe=metrics.observe_group
     )
@@ -353,6 +371,7 @@ async def start_server(
         lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, s),
         address or f"{settings.host}:{settings.port}",
         options=[("grpc.so_reuseport", 0)],
+        interceptors=identity,
         registry=metrics.registry,
     )
     await server.start()
@@ -380,13 +399,17 @@ async def serve(
     billing_run: Callable[[], object] | None = None,
     on_ready: Callable[[int], Awaitable[None]] | None = None,
 ) -> int:
-    """Runs the service until SIGTERM/SIGINT; returns the exit code."""
+    """Runs the service until SIGTERM/SIGINT; returns the exit code (2: no service tokens)."""
     metrics = Metrics()
+    try:
+        running = await start_server(ledger, settings, metrics)
+    except service_identity.NoTokens as err:
+        log.error("event=refusing_to_start reason=%s", err)
+        return 2
     if settings.metrics_port:
         start_http_server(
             settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
         )
-    running = await start_server(ledger, settings, metrics)
     log.info(
         "event=serving host=%s port=%d metrics_port=%d bill_interval_s=%s",
         settings.host, running.port, settings.metrics_port, settings.bill_interval_s,

@@ -88,4 +88,20 @@ class Settings(BaseSettings):
         5000, ge=1, description="most events one group commit writes in a transaction"
     )
     shutdown_grace_s: float = Field(10.0, ge=0, description="SIGTERM: time to finish calls")
+    gateway_tokens: str = Field(
+        "",
+        description="service tokens of the gateway, comma-separated (Authenticate, GetUsage, "
+        "CreateBillingSetup, ApplyStripeEvent); several while one is being rotated",
+    )
+    embed_tokens: str = Field(
+        "", description="service tokens of embed services, comma-separated (RecordUsage)"
+    )
+    sidecar_tokens: str = Field(
+        "", description="service tokens of metering sidecars, comma-separated (RecordUsage)"
+    )
+    insecure_no_auth: bool = Field(
+        False,
+        description="serve callers without service tokens (tests, a closed laptop); without "
+        "it and without tokens the service refuses to start",
+    )
     log_level: str = Field("INFO", description="logging level")

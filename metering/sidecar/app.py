@@ -16,7 +16,10 @@ import grpc
 from prometheus_client import start_http_server
 
 from intent_embed.grpc_server import GrpcServer, until_signalled
+from intent_embed.service_auth import client_interceptors
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
+from metering import service_identity
+from metering.service_identity import EMBED, SIDECAR_METHODS
 from metering.sidecar.forwarder import Forwarder, watch_central
 from metering.sidecar.metrics import SidecarMetrics
 from metering.sidecar.servicer import SidecarServicer
@@ -59,8 +62,16 @@ class Sidecar:
 async def start_sidecar(
     settings: SidecarSettings, metrics: SidecarMetrics, spool: Spool
 ) -> Sidecar:
-    """Build and start the gRPC server and the forwarder around an opened spool."""
-    channel = grpc.aio.insecure_channel(settings.central_addr, options=_CENTRAL_CHANNEL_OPTIONS)
+    """Build and start the gRPC server and the forwarder around an opened spool; raises
+    NoTokens when no embed token is set and serving without is not allowed."""
+    auth = service_identity.interceptor(
+        {EMBED: settings.embed_tokens}, SIDECAR_METHODS, insecure=settings.insecure_no_auth
+    )
+    channel = grpc.aio.insecure_channel(
+        settings.central_addr,
+        options=_CENTRAL_CHANNEL_OPTIONS,
+        interceptors=client_interceptors(settings.central_token),
+    )
     forwarder = Forwarder(
         spool, metering_pb2_grpc.MeteringServiceStub(channel), settings, metrics
     )
@@ -70,6 +81,7 @@ async def start_sidecar(
         SERVICE_NAME,
         lambda s: metering_pb2_grpc.add_MeteringServiceServicer_to_server(servicer, s),
         f"{settings.host}:{settings.port}",
+        interceptors=[auth] if auth is not None else [],
         registry=metrics.registry,
     )
     await server.start()
@@ -107,7 +119,8 @@ async def shutdown(sidecar: Sidecar, grace_s: float) -> int:
 
 
 async def serve(settings: SidecarSettings) -> int:
-    """Run until SIGTERM/SIGINT; exit status 0 when the spool was drained, 3 otherwise."""
+    """Run until SIGTERM/SIGINT; exit status 0 when the spool was drained, 3 otherwise, 2
+    without service tokens."""
     spool = Spool(
         settings.spool_path,
         max_events=settings.spool_max_events,
@@ -116,7 +129,11 @@ async def serve(settings: SidecarSettings) -> int:
     )
     metrics = SidecarMetrics(spool)
     try:
-        sidecar = await start_sidecar(settings, metrics, spool)
+        try:
+            sidecar = await start_sidecar(settings, metrics, spool)
+        except service_identity.NoTokens as err:
+            log.error("refusing to start: %s", err)
+            return 2
         # /metrics answers only once gRPC serves: the gRPC port is on localhost, out of the
         # kubelet's reach, so the pod's probes of this container use the metrics port.
         metrics_server, metrics_thread = start_http_server(
@@ -139,4 +156,7 @@ def run(settings: SidecarSettings) -> int:
     if not settings.central_addr:
         log.error("METERING_CENTRAL_ADDR is empty: the sidecar has nowhere to forward usage")
         return 2
+    if not settings.central_token:
+        log.warning("METERING_CENTRAL_TOKEN is empty: central metering will refuse the usage "
+                    "this sidecar forwards unless it runs without service tokens")  # fmt: skip
     return asyncio.run(serve(settings))

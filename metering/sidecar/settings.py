@@ -44,6 +44,19 @@ class SidecarSettings(BaseSettings):
     shutdown_grace_s: float = Field(
         25.0, ge=0, description="time after SIGTERM to forward what is spooled"
     )
+    embed_tokens: str = Field(
+        "",
+        description="service tokens of the embed service that may call RecordUsage, "
+        "comma-separated (the same secret central metering knows)",
+    )
+    central_token: str = Field(
+        "", description="this sidecar's service token, sent with every call to central metering"
+    )
+    insecure_no_auth: bool = Field(
+        False,
+        description="accept RecordUsage without a service token; without it and without "
+        "embed tokens the sidecar refuses to start",
+    )
     log_level: str = Field("INFO", description="logging level")
 
 

@@ -588,3 +588,34 @@ def test_the_app_image_runs_without_the_model_stack() -> None:
         [sys.executable, "-c", probe], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _secret_refs(c: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in c.get("env", [])
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_caller_of_metering_proves_its_role_with_a_token_from_one_secret(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    expected = {
+        ("metering", "metering"): {
+            "METERING_GATEWAY_TOKENS": "gateway", "METERING_EMBED_TOKENS": "embed",
+            "METERING_SIDECAR_TOKENS": "sidecar",
+        },
+        ("embed", "embed"): {"EMBED_METERING_TOKEN": "embed"},
+        ("embed", "metering-sidecar"): {
+            "METERING_EMBED_TOKENS": "embed", "METERING_CENTRAL_TOKEN": "sidecar",
+        },
+        ("gateway", "gateway"): {"GATEWAY_METERING_TOKEN": "gateway"},
+    }  # fmt: skip
+    for (deployment, name), wanted in expected.items():
+        refs = _secret_refs(container(pod_spec(docs, deployment), name))
+        for variable, key in wanted.items():
+            assert refs.get(variable) == ("service-tokens", key), (overlay, name, variable)
+        assert "METERING_INSECURE_NO_AUTH" not in env(container(pod_spec(docs, deployment), name))

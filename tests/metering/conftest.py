@@ -73,7 +73,8 @@ def ledger(request: pytest.FixtureRequest) -> Iterator[Ledger]:
 async def service(ledger: Ledger) -> AsyncIterator[Service]:
     """The MeteringService on 127.0.0.1:<free port>, reached through a real channel."""
     metrics = Metrics()
-    running = await start_server(ledger, Settings(**{}), metrics, address="127.0.0.1:0")
+    settings = Settings(insecure_no_auth=True)  # tests/metering/test_service_identity.py: tokens
+    running = await start_server(ledger, settings, metrics, address="127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     try:
         yield Service(ledger, metrics, running, channel,

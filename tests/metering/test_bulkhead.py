@@ -58,6 +58,7 @@ async def stalled(ledger: Ledger, fake: FakeStripe) -> AsyncIterator[Stalled]:
         stripe_timeout_s=60.0,  # Stripe hangs for the whole test, the SDK waits it out
         stripe_threads=THREADS,
         stripe_queue=QUEUE,
+        insecure_no_auth=True,
     )
     metrics = Metrics()
     running = await start_server(ledger, settings, metrics, address="127.0.0.1:0")

@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from intent_embed.rich_status import DRAINING, details_of
+from intent_embed.usage_events import MAX_EVENT_TOKENS
 from intent_embed.v1 import metering_pb2
 from metering.ledger import Ledger
 from tests.metering.harness import Service
@@ -64,6 +65,19 @@ async def test_record_usage_counts_retries_as_duplicates(service: Service) -> No
     assert (reply.total_tokens, reply.total_requests) == (158, 4)
 
 
+async def test_an_event_id_is_a_duplicate_only_within_its_org(service: Service) -> None:
+    """Event ids are the callers' request ids: another org's id never drops this org's usage."""
+    first = service.ledger.create_org("acme", "cus_1").id
+    second = service.ledger.create_org("globex", "cus_2").id
+    assert await record(service, event("req-1", first, 5)) == (1, 0)
+    assert await record(service, event("req-1", second, 7)) == (1, 0)
+    assert await record(service, event("req-1", second, 7)) == (0, 1)
+    # Both in one call, too: two events, neither a duplicate of the other.
+    assert await record(service, event("req-2", first, 1), event("req-2", second, 1)) == (2, 0)
+    assert (await usage(service, first)).total_tokens == 6
+    assert (await usage(service, second)).total_tokens == 8
+
+
 async def test_concurrent_calls_are_committed_together_and_exactly(service: Service) -> None:
     org = service.ledger.create_org("acme", "cus_1").id
     calls = [record(service, event(f"e{i}", org, i + 1)) for i in range(200)]
@@ -89,6 +103,9 @@ async def test_concurrent_calls_are_committed_together_and_exactly(service: Serv
         (metering_pb2.UsageEvent(org_id="x", tokens=1), "events[1].event_id"),
         (metering_pb2.UsageEvent(event_id="b", tokens=1), "events[1].org_id"),
         (metering_pb2.UsageEvent(event_id="b", org_id="x", tokens=2**64 - 1), "events[1].tokens"),
+        # One token more than one embed request may carry: more than any real request costs.
+        (metering_pb2.UsageEvent(event_id="b", org_id="x", tokens=300_001), "events[1].tokens"),
+        (metering_pb2.UsageEvent(event_id="b", org_id="x", tokens=1, inputs=2049), "inputs"),
         (metering_pb2.UsageEvent(event_id="b" * 300, org_id="x", tokens=1), "events[1].event_id"),
     ],
 )
@@ -165,7 +182,7 @@ async def test_usage_between_dates_per_day_and_project_with_exact_costs(
     idle = ledger.create_project(org, "idle").id
     day = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
     await record(
-        service, event("a", org, 1_000_001, web, day), event("b", org, 5, "", day),
+        service, event("a", org, 200_001, web, day), event("b", org, 5, "", day),
         event("c", org, 7, web, day + dt.timedelta(days=2)),
         event("d", org, 99, web, day - dt.timedelta(days=1)),  # before the range
     )  # fmt: skip
@@ -175,14 +192,14 @@ async def test_usage_between_dates_per_day_and_project_with_exact_costs(
     reply = await service.stub.GetUsage(request)
     # Every day of the range, zeros included; costs exact in nano-dollars (940 per token).
     assert [(d.day, d.tokens, d.requests, d.cost_nanodollars) for d in reply.days] == [
-        ("2026-11-20", 1_000_006, 2, 940_005_640), ("2026-11-21", 0, 0, 0),
+        ("2026-11-20", 200_006, 2, 188_005_640), ("2026-11-21", 0, 0, 0),
         ("2026-11-22", 7, 1, 6_580), ("2026-11-23", 0, 0, 0),
     ]  # fmt: skip
     assert [(p.project_id, p.name, p.tokens) for p in reply.projects] == [
-        (web, "web", 1_000_008), (idle, "idle", 0), ("", "", 5),
+        (web, "web", 200_008), (idle, "idle", 0), ("", "", 5),
     ]  # fmt: skip
-    assert sum(b.cost_nanodollars for b in reply.buckets) == 940 * 1_000_013
-    assert (reply.total_tokens, reply.total_cost_nanodollars) == (1_000_112, 940 * 1_000_112)
+    assert sum(b.cost_nanodollars for b in reply.buckets) == 940 * 200_013
+    assert (reply.total_tokens, reply.total_cost_nanodollars) == (200_112, 940 * 200_112)
     assert reply.org_name == "acme" and reply.billing_ok and reply.has_payment_method
     for bad, field in (
         (metering_pb2.GetUsageRequest(start_date="2026-11-31"), "start_date"),
@@ -236,7 +253,9 @@ async def test_billing_ok_needs_a_customer_and_bounded_unpaid_debt(service: Serv
     ledger.attach_stripe(org.id, "cus_9")
     # $51 owed and nothing paid is over the $50 limit.
     tokens = (51 * 100_000_000 + 93) // 94
-    await record(service, event("big", org.id, tokens))
+    whole, rest = divmod(tokens, MAX_EVENT_TOKENS)  # as many requests as it takes
+    sizes = [MAX_EVENT_TOKENS] * whole + [rest]
+    await record(service, *(event(f"big{i}", org.id, n) for i, n in enumerate(sizes)))
     reply = await service.stub.Authenticate(metering_pb2.AuthenticateRequest(api_key=key))
     assert not reply.billing_ok
     assert "$51" in reply.billing_message

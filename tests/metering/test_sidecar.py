@@ -22,6 +22,9 @@ import pytest
 
 from devstack.probes import NotReady, free_port, grpc_serving, wait_serving
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
+from metering.ledger import Ledger
+from metering.server import Metrics, start_server
+from metering.settings import Settings
 from tests.support.clinc150 import REPO_ROOT
 from tests.support.fake_metering import METERING_SERVICE, FakeMetering, FakeServer
 from tests.support.metrics import scraped_value
@@ -84,6 +87,7 @@ class SidecarProcess:
             "forward_interval_s": 0.1,
             "forward_backoff_max_s": 0.4,
             "forward_timeout_s": 2,
+            "insecure_no_auth": True,  # the tests of service tokens set them
             **options,
         }
         self.process: subprocess.Popen[bytes] | None = None
@@ -193,6 +197,20 @@ async def test_acks_continue_while_central_is_down_and_everything_arrives_later(
     assert await sidecar.metric("metering_sidecar_oldest_unforwarded_age_seconds") == 0
     # A retry from the embed service after forwarding still counts as a duplicate.
     assert (await sidecar.record(event("down-3"))).duplicates == 1
+
+
+async def test_an_event_id_is_a_duplicate_only_within_its_org(
+    central: Central, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    """As central dedups: another org's request id never drops this org's event."""
+    sidecar = sidecars(central.port)
+    await sidecar.start()
+    assert (await sidecar.record(event("same", org="org-1"))).recorded == 1
+    assert (await sidecar.record(event("same", org="org-2"))).recorded == 1
+    assert (await sidecar.record(event("same", org="org-1"))).duplicates == 1
+    await eventually(lambda: central.ledger.deliveries == 2)
+    await asyncio.sleep(0.3)  # a few forward intervals: nothing else goes out
+    assert central.ledger.deliveries == 2
 
 
 async def test_recovery_of_central_is_noticed_without_waiting_out_the_backoff(
@@ -418,6 +436,7 @@ class CentralProcess:
             "METERING_PORT": str(self.port),
             "METERING_METRICS_PORT": str(free_port()),
             "METERING_BILL_INTERVAL_S": "0",
+            "METERING_INSECURE_NO_AUTH": "true",
         })
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -506,3 +525,36 @@ def test_without_a_central_address_the_sidecar_refuses_to_start(tmp_path: Path) 
     assert result.returncode == 2
     assert "METERING_CENTRAL_ADDR" in result.stderr
     assert not (tmp_path / "spool.db").exists()
+
+
+async def test_with_service_tokens_only_the_embed_service_records_and_central_gets_it(
+    ledger: Ledger, sidecars: Callable[..., SidecarProcess]
+) -> None:
+    """The pod's embed token is needed to record; the sidecar forwards with its own token,
+    which central metering knows as a sidecar's."""
+    settings = Settings(gateway_tokens="gw", embed_tokens="embed-1", sidecar_tokens="sidecar-1")
+    running = await start_server(ledger, settings, Metrics(), address="127.0.0.1:0")
+    org = ledger.create_org("acme").id
+    try:
+        sidecar = sidecars(
+            running.port, insecure_no_auth=False, embed_tokens="embed-1", central_token="sidecar-1"
+        )
+        await sidecar.start()
+        for token in (None, "sidecar-1", "gw"):  # nobody, or a token of another role
+            metadata = None if token is None else [("authorization", f"Bearer {token}")]
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await sidecar.stub.RecordUsage(
+                    metering_pb2.RecordUsageRequest(events=[event("x", org=org)]),
+                    metadata=metadata, timeout=5,
+                )  # fmt: skip
+            assert refused.value.code() in (
+                grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED
+            ), token
+        reply = await sidecar.stub.RecordUsage(
+            metering_pb2.RecordUsageRequest(events=[event("req-1", tokens=11, org=org)]),
+            metadata=[("authorization", "Bearer embed-1")], timeout=5,
+        )  # fmt: skip
+        assert reply.recorded == 1
+        await eventually(lambda: ledger.usage(org).total_tokens == 11, within_s=20)
+    finally:
+        await running.stop(1.0, quiet_s=0)

@@ -138,7 +138,7 @@ class BrokenDisk(Spool):
 async def test_a_spool_write_error_is_unavailable_and_nothing_is_acked(tmp_path: Path) -> None:
     settings = SidecarSettings.model_validate({
         "host": "127.0.0.1", "port": 0, "central_addr": "127.0.0.1:1",
-        "spool_path": str(tmp_path / "s.db"),
+        "spool_path": str(tmp_path / "s.db"), "insecure_no_auth": True,
     })
     spool = BrokenDisk(settings.spool_path, max_events=10)
     sidecar = await start_sidecar(settings, SidecarMetrics(spool), spool)

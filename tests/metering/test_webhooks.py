@@ -283,7 +283,8 @@ async def test_grpc_statuses_say_what_is_wrong(service: Service) -> None:
 
 async def test_grpc_bad_signature_is_invalid_argument(ledger: Ledger, fake: FakeStripe) -> None:
     settings = Settings(
-        stripe_api_key=KEY, stripe_api_base=fake.base_url, stripe_webhook_secret=SECRET
+        stripe_api_key=KEY, stripe_api_base=fake.base_url, stripe_webhook_secret=SECRET,
+        insecure_no_auth=True,
     )
     running = await start_server(ledger, settings, Metrics(), address="127.0.0.1:0")
     try:

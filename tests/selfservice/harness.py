@@ -29,6 +29,8 @@ from tests.support.fake_metering import FakeServer, ThreadedServer
 
 STRIPE_KEY = "sk_test_selfservice"
 WEBHOOK_SECRET = "whsec_test_selfservice"
+# The gateway proves itself to metering with it, as in a deployment.
+GATEWAY_TOKEN = "gateway-token-selfservice"
 _event_ids = itertools.count()
 
 
@@ -125,6 +127,7 @@ def running_stack(
         stripe_webhook_secret=WEBHOOK_SECRET if stripe else "",
         stripe_max_retries=0,
         stripe_timeout_s=10.0,
+        gateway_tokens=GATEWAY_TOKEN,
     )
     embed = FakeEmbed(Script())
     embed_server = FakeServer(
@@ -139,6 +142,7 @@ def running_stack(
             gateway_settings = GatewaySettings(
                 embed_addr=f"dns:///127.0.0.1:{embed_up.port}",
                 metering_addr=f"127.0.0.1:{metering.port}",
+                metering_token=GATEWAY_TOKEN,
                 embed_timeout_s=5.0,
                 **gateway_options,
             )
