@@ -142,7 +142,8 @@ async def usage(
     caller = await account_caller(request)
     settings = settings_of(request)
     end = end or dt.datetime.now(dt.UTC).date()
-    start = start or end - dt.timedelta(days=DEFAULT_DAYS - 1)
+    # Clamped: an end date in year 1 has no 29 days before it (found by schemathesis).
+    start = start or dt.date.fromordinal(max(1, end.toordinal() - (DEFAULT_DAYS - 1)))
     reply: metering_pb2.GetUsageResponse = await call_metering(
         request,
         "GetUsage",

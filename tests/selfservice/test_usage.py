@@ -170,3 +170,11 @@ def test_usage_needs_a_key_but_not_a_payment_method(stack: Stack) -> None:
     body = get_usage(stack, user.key)
     assert body["billing"]["ok"] is False and body["billing"]["state"] == "no_payment_method"
     assert "POST /v2/billing/setup" in body["billing"]["message"]
+
+
+def test_an_end_date_in_year_one_is_answered_not_a_500(
+    stack: Stack, orgs: tuple[Account, Account]
+) -> None:
+    """The default start, 29 days before the end, does not exist before 0001-01-01."""
+    body = get_usage(stack, orgs[0].key, end="0001-01-02")
+    assert [day["day"] for day in body["days"]] == ["0001-01-01", "0001-01-02"]
