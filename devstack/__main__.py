@@ -49,8 +49,19 @@ PY
 Usage so far: curl -s '{url}/v2/usage' -H 'Authorization: Bearer {key}'
    or, as an operator: .venv/bin/python -m metering admin usage --org {demo["org_id"]}
    (with METERING_DATABASE_URL={stack.database_url})
+Traces: {_tracing_line()}
 Press Ctrl-C to stop.
 """
+
+
+def _tracing_line() -> str:
+    if os.environ.get("OTEL_TRACES_EXPORTER") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return "on (OpenTelemetry, as OTEL_* in this shell say); console spans go to the logs"
+    return (
+        "off. OTEL_TRACES_EXPORTER=console make run prints each service's spans into its log;"
+        "\n   OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 make run sends them to a local "
+        "Jaeger or Collector"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -19,6 +19,7 @@ import sys
 from embed_service.settings import Settings
 from intent_embed.logs import configure_logging
 from intent_embed.settings_cli import parse_settings
+from intent_embed.tracing import configure_tracing
 
 log = logging.getLogger("embed_service")
 
@@ -85,6 +86,7 @@ async def serve(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(sys.argv[1:] if argv is None else argv)
     configure_logging(settings.log_level)
+    configure_tracing("embed")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     asyncio.run(serve(settings))
     return 0

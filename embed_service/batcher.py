@@ -58,6 +58,18 @@ class _Job:
     remaining: int
     cancelled: bool = False
     queued: int = 0  # inputs of this job still in the queue
+    times: JobTimes = field(default_factory=lambda: JobTimes(time.time_ns()))
+
+
+@dataclass
+class JobTimes:
+    """When one request's inputs waited and ran (wall clock, ns; for its trace's spans)."""
+
+    enqueued_ns: int
+    first_forward_ns: int = 0
+    last_forward_end_ns: int = 0
+    batches: int = 0  # forward passes its inputs rode
+    largest_batch: int = 0  # rows of the largest of them
     error: BaseException | None = field(default=None)
 
 
@@ -113,6 +125,11 @@ class Batcher:
 
     async def embed(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Vectors [n, dim] float32 of inputs given as token ids (no special tokens)."""
+        vectors, _ = await self.embed_timed(ids)
+        return vectors
+
+    async def embed_timed(self, ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, JobTimes]:
+        """`embed`, and when the inputs waited and ran."""
         assert self._loop is not None, "Batcher.start() was not called"
         n = len(ids)
         job = _Job(
@@ -136,7 +153,7 @@ class Batcher:
             self._last_arrival = time.monotonic()
             self._cond.notify()
         try:
-            return await job.future
+            return await job.future, job.times
         except BaseException:
             # Cancelled, deadline passed, or a failed batch: the rest of its inputs is dropped.
             self._cancel(job)
@@ -219,6 +236,7 @@ class Batcher:
             for job, _, _ in live:
                 self.metrics.queue_seconds.observe(now - job.enqueued_at)
             rows = [job.ids[i] for job, i, _ in live]
+            started_ns = time.time_ns()
             try:
                 vectors = self.model.embed_ids(rows)
                 error: BaseException | None = None
@@ -226,6 +244,7 @@ class Batcher:
                 log.exception("forward_failed rows=%d", len(rows))
                 vectors, error = None, exc
             elapsed = time.monotonic() - now
+            _note_forward(live, started_ns, time.time_ns())
             self._last_forward_s = elapsed
             with self._cond:
                 self._last_forward_end = now + elapsed
@@ -254,3 +273,15 @@ class Batcher:
             job.remaining -= 1
             if job.remaining == 0:
                 job.future.set_result(job.out)
+
+
+def _note_forward(batch: list[_Item], started_ns: int, ended_ns: int) -> None:
+    """Each request of a forward pass notes it in its times (the forward thread writes them
+    before the loop delivers the request's result)."""
+    for job in {id(job): job for job, _, _ in batch}.values():
+        times = job.times
+        if times.batches == 0:
+            times.first_forward_ns = started_ns
+        times.last_forward_end_ns = ended_ns
+        times.batches += 1
+        times.largest_batch = max(times.largest_batch, len(batch))

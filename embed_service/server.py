@@ -16,13 +16,14 @@ import uuid
 import grpc
 import numpy as np
 
-from embed_service.batcher import Batcher
+from embed_service.batcher import Batcher, JobTimes
 from embed_service.errors import EmbedError, InvalidInput, Unavailable
 from embed_service.metrics import EmbedMetrics
 from embed_service.model import EmbeddingModel
 from embed_service.settings import Settings
 from embed_service.usage import UsageRecord, UsageSink, now_utc
 from embed_service.validation import token_ids
+from intent_embed import tracing
 from intent_embed.grpc_server import QUIET_S, GrpcServer, abort
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc
 
@@ -96,28 +97,44 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
                 "org_id is required: set it to the org the usage is billed to", field="org_id"
             )
         request_id = request.request_id or str(uuid.uuid4())
-        vectors = await self.batcher.embed(ids)
+        vectors, times = await self.batcher.embed_timed(ids)
         if request.HasField("dimensions") and request.dimensions < vectors.shape[1]:
             vectors = vectors[:, : request.dimensions]
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
         tokens = [len(row) for row in ids]
         total = sum(tokens)
+        if tracing.enabled():
+            self._trace_batch(times, len(ids), total)
         # No answer without a durable usage record: record first, answer after.
-        await self.usage_sink.record(
-            UsageRecord(
-                request_id=request_id,
-                org_id=request.org_id,
-                project_id=request.project_id,
-                model=self.settings.model_name,
-                tokens=total,
-                inputs=len(ids),
-                at=now_utc(),
+        with tracing.span("usage.record", **{"usage.tokens": total}):
+            await self.usage_sink.record(
+                UsageRecord(
+                    request_id=request_id,
+                    org_id=request.org_id,
+                    project_id=request.project_id,
+                    model=self.settings.model_name,
+                    tokens=total,
+                    inputs=len(ids),
+                    at=now_utc(),
+                )
             )
-        )
         self.metrics.inputs.inc(len(ids))
         self.metrics.tokens.inc(total)
         return _response(vectors, tokens, total, self.settings.model_name, request.packed)
+
+
+    def _trace_batch(self, times: JobTimes, inputs: int, tokens: int) -> None:
+        """The request's wait and forward passes, as spans under its call's span."""
+        batch = tracing.past_span(
+            "embed.batch", times.enqueued_ns, times.last_forward_end_ns,
+            **{"embed.inputs": inputs, "embed.tokens": tokens, "embed.backend": self.model.backend,
+               "embed.forward_passes": times.batches, "embed.batch_size": times.largest_batch},
+        )  # fmt: skip
+        tracing.past_span("embed.queue_wait", times.enqueued_ns, times.first_forward_ns, batch)
+        tracing.past_span(
+            "embed.forward", times.first_forward_ns, times.last_forward_end_ns, batch
+        )
 
 
 def _response(

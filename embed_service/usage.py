@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from embed_service.errors import EmbedError, Unavailable, UsageRejected
 from embed_service.metrics import EmbedMetrics
+from intent_embed import tracing
 from intent_embed.coalesce import Coalescer
 from intent_embed.rich_status import details_of
 from intent_embed.service_auth import client_interceptors
@@ -90,7 +91,7 @@ class MeteringUsageSink:
         self._channel = grpc.aio.insecure_channel(
             address,
             options=[("grpc.enable_retries", 1), ("grpc.keepalive_time_ms", 60_000)],
-            interceptors=client_interceptors(token),
+            interceptors=[*tracing.client_interceptors(), *client_interceptors(token)],
         )
         self._stub = metering_pb2_grpc.MeteringServiceStub(self._channel)
         self._coalescer: Coalescer[_Pending, None] = Coalescer(

@@ -23,6 +23,7 @@ from gateway.metrics import serve_metrics
 from gateway.settings import Settings
 from intent_embed.logs import configure_logging
 from intent_embed.settings_cli import parse_settings
+from intent_embed.tracing import configure_tracing
 
 _EXIT_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -35,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         description="OpenAI-compatible REST gateway of intent-embed. Flags override env vars.",
     )
     configure_logging(settings.log_level)
+    if settings.workers <= 1:
+        configure_tracing("gateway")  # worker processes configure their own
     common: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,

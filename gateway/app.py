@@ -53,6 +53,8 @@ from gateway.openai_schema import (
 from gateway.ratelimit import RateLimiter, open_storage
 from gateway.settings import Settings
 from gateway.usage import USAGE_PATH, add_usage_route
+from intent_embed import tracing
+from intent_embed.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +275,7 @@ def create_app(
     _add_operator_routes(app, settings, handler)
     _add_error_handlers(app)
     add_security_scheme(app)
+    tracing.instrument_app(app)
     routes = [*EMBEDDING_ROUTES, PREDICT_ROUTE, *MODELS_ROUTES, "/healthz", "/readyz",
               USAGE_PATH, SETUP_PATH, WEBHOOK_PATH, *dashboard.routes()]  # fmt: skip
     # add_middleware puts each new one outermost: metrics must see the hot path's answers too.
@@ -285,6 +288,7 @@ def create_app_from_env() -> FastAPI:
     """Factory for uvicorn worker processes, which read their settings from the environment;
     each serves its own metrics on the shared metrics port."""
     settings = Settings()
+    configure_tracing("gateway")
     app = create_app(settings)
     if settings.metrics_port:
         serve_metrics(app.state.metrics.registry, settings.host, settings.metrics_port,

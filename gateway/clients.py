@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.settings import Settings
+from intent_embed import tracing
 from intent_embed.service_auth import client_interceptors
 from intent_embed.v1 import embed_pb2_grpc, metering_pb2_grpc
 
@@ -99,11 +100,18 @@ def open_upstreams(settings: Settings) -> Upstreams:
             "the gateway's calls unless it runs without service tokens"
         )
     return Upstreams(
-        embed_channel=grpc.aio.insecure_channel(settings.embed_addr, options=_CHANNEL_OPTIONS),
+        embed_channel=grpc.aio.insecure_channel(
+            settings.embed_addr,
+            options=_CHANNEL_OPTIONS,
+            interceptors=tracing.client_interceptors(),
+        ),
         metering_channel=grpc.aio.insecure_channel(
             settings.metering_addr,
             options=_CHANNEL_OPTIONS,
-            interceptors=client_interceptors(settings.metering_token),
+            interceptors=[
+                *tracing.client_interceptors(),
+                *client_interceptors(settings.metering_token),
+            ],
         ),
     )
 

@@ -24,6 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
+from intent_embed import tracing
 from intent_embed.drain import DrainInterceptor
 from intent_embed.rich_status import status_with_details
 
@@ -40,7 +41,8 @@ QUIET_S = 1.0
 class GrpcServer:
     """A grpc.aio server with one service, health and reflection, bound to `address`;
     `interceptors` run in order around every call, health and reflection included, after the
-    drain interceptor; `registry` gets its in-flight gauge and refused-while-draining counter."""
+    tracing interceptor (when tracing is on) and the drain interceptor; `registry` gets the
+    drain's in-flight gauge and refused-while-draining counter."""
 
     def __init__(
         self,
@@ -54,7 +56,8 @@ class GrpcServer:
         self.service_name = service_name
         self.drain = DrainInterceptor(registry)
         self.server = grpc.aio.server(
-            options=list(options), interceptors=[self.drain, *interceptors]
+            options=list(options),
+            interceptors=[*tracing.server_interceptors(), self.drain, *interceptors],
         )
         register(self.server)
         self.health = health_aio.HealthServicer()

@@ -19,6 +19,7 @@ from pydantic_settings import CliSettingsSource
 
 from intent_embed.logs import configure_logging
 from intent_embed.settings_cli import add_settings_options, settings_from
+from intent_embed.tracing import configure_tracing
 from metering.settings import Settings
 from metering.sidecar.settings import SidecarSettings
 
@@ -70,6 +71,7 @@ def main(argv: list[str]) -> int:
 
         sidecar_settings = settings_from(SidecarSettings, sources[command], args)
         configure_logging(sidecar_settings.log_level)
+        configure_tracing("metering-sidecar")
         return app.run(sidecar_settings)
     settings = settings_from(Settings, sources[command], args)
     if command == "admin":
@@ -78,6 +80,8 @@ def main(argv: list[str]) -> int:
         configure_logging("WARNING")
         return admin.run(args, settings)
     configure_logging(settings.log_level)
+    if command in ("serve", "billing"):
+        configure_tracing("metering")
     return _run_central(command, settings, once=bool(getattr(args, "once", False)))
 
 

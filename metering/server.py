@@ -20,6 +20,7 @@ from typing import NoReturn, TypeVar
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from intent_embed import tracing
 from intent_embed.grpc_server import QUIET_S, GrpcServer, abort, until_signalled
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
 from metering import service_identity
@@ -207,7 +208,8 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
         events = [_event_from_proto(e, now) for e in request.events]
         try:
             validate_events(events)
-            result = await self._committer.record(events)
+            with tracing.span("ledger.commit", **{"usage.events": len(events)}):
+                result = await self._committer.record(events)
         except LedgerError as exc:
             code = status_of(exc)
             self._metrics.events.labels("rejected").inc(len(events))

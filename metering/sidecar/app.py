@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 from prometheus_client import start_http_server
 
+from intent_embed import tracing
 from intent_embed.grpc_server import GrpcServer, until_signalled
 from intent_embed.service_auth import client_interceptors
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
@@ -70,7 +71,10 @@ async def start_sidecar(
     channel = grpc.aio.insecure_channel(
         settings.central_addr,
         options=_CENTRAL_CHANNEL_OPTIONS,
-        interceptors=client_interceptors(settings.central_token),
+        interceptors=[
+            *tracing.client_interceptors(),
+            *client_interceptors(settings.central_token),
+        ],
     )
     forwarder = Forwarder(
         spool, metering_pb2_grpc.MeteringServiceStub(channel), settings, metrics

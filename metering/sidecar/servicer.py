@@ -9,6 +9,7 @@ from typing import NoReturn
 
 import grpc
 
+from intent_embed import tracing
 from intent_embed.grpc_server import abort
 from intent_embed.usage_events import first_problem
 from intent_embed.v1 import metering_pb2, metering_pb2_grpc
@@ -46,7 +47,8 @@ class SidecarServicer(metering_pb2_grpc.MeteringServiceServicer):
             )
         entries = [(spool_key(e.org_id, e.event_id), e.SerializeToString()) for e in request.events]
         try:
-            result = await self._writer.append(entries)
+            with tracing.span("spool.write", **{"usage.events": len(entries)}):
+                result = await self._writer.append(entries)
         except SpoolFullError as err:
             log.warning("spool full events=%d detail=%s", len(entries), err)
             await self._abort(
