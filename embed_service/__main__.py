@@ -85,7 +85,7 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(sys.argv[1:] if argv is None else argv)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     configure_tracing("embed")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     asyncio.run(serve(settings))

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from intent_embed.logs import LOG_FORMAT_HELP, LogFormat
 from intent_embed.usage_events import MAX_REQUEST_INPUTS, MAX_REQUEST_TOKENS
 
 # The intent adapter this repository keeps (`make train-intent` rebuilds it), merged into the
@@ -89,6 +90,7 @@ class Settings(BaseSettings):
     )
     num_threads: int = Field(0, description="torch intra-op threads (0: one per CPU core)")
     log_level: str = Field("INFO", description="logging level")
+    log_format: LogFormat = Field("keyvalue", description=LOG_FORMAT_HELP)
 
     def resolved_model_path(self) -> str:
         return self.model_path or default_model_path()

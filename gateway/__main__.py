@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m gateway",
         description="OpenAI-compatible REST gateway of intent-embed. Flags override env vars.",
     )
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.workers <= 1:
         configure_tracing("gateway")  # worker processes configure their own
     common: dict[str, Any] = {

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from intent_embed.logs import LOG_FORMAT_HELP, LogFormat
+
 
 class Settings(BaseSettings):
     """Everything the gateway can be told; each field is `GATEWAY_<NAME>` in the environment."""
@@ -109,6 +111,7 @@ class Settings(BaseSettings):
     )
     model_name: str = Field(default="intent-embed", description="the one model name the API serves")
     log_level: str = Field(default="info", description="logging level")
+    log_format: LogFormat = Field("keyvalue", description=LOG_FORMAT_HELP)
     workers: int = Field(default=1, ge=1, description="uvicorn worker processes")
     keep_alive_s: int = Field(
         default=75,

@@ -123,3 +123,16 @@ def past_span(
     recorded = tracer.start_span(name, context, attributes=attributes, start_time=start_ns)
     recorded.end(end_time=end_ns)
     return recorded
+
+
+def current_ids() -> dict[str, str]:
+    """The current span's trace and span ids (hex), for log lines; empty when off or outside
+    a span."""
+    if not _enabled:
+        return {}
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return {}
+    return {"trace_id": f"{context.trace_id:032x}", "span_id": f"{context.span_id:016x}"}

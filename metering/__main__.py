@@ -70,7 +70,7 @@ def main(argv: list[str]) -> int:
         from metering.sidecar import app
 
         sidecar_settings = settings_from(SidecarSettings, sources[command], args)
-        configure_logging(sidecar_settings.log_level)
+        configure_logging(sidecar_settings.log_level, sidecar_settings.log_format)
         configure_tracing("metering-sidecar")
         return app.run(sidecar_settings)
     settings = settings_from(Settings, sources[command], args)
@@ -79,7 +79,7 @@ def main(argv: list[str]) -> int:
 
         configure_logging("WARNING")
         return admin.run(args, settings)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if command in ("serve", "billing"):
         configure_tracing("metering")
     return _run_central(command, settings, once=bool(getattr(args, "once", False)))

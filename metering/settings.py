@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from intent_embed.logs import LOG_FORMAT_HELP, LogFormat
 from metering.charge_policy import Period
 
 
@@ -105,3 +106,4 @@ class Settings(BaseSettings):
         "it and without tokens the service refuses to start",
     )
     log_level: str = Field("INFO", description="logging level")
+    log_format: LogFormat = Field("keyvalue", description=LOG_FORMAT_HELP)

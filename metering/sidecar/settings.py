@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from intent_embed.logs import LOG_FORMAT_HELP, LogFormat
+
 
 class SidecarSettings(BaseSettings):
     """Settings of the sidecar process; every field is read from ``METERING_<FIELD>``."""
@@ -58,5 +60,6 @@ class SidecarSettings(BaseSettings):
         "embed tokens the sidecar refuses to start",
     )
     log_level: str = Field("INFO", description="logging level")
+    log_format: LogFormat = Field("keyvalue", description=LOG_FORMAT_HELP)
 
 

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from devstack.stack import Ports, Stack
+from tests.support.logs import unparsed_lines
 from tests.support.metrics import scraped_value
 from tests.support.waiting import until
 
@@ -170,3 +171,11 @@ def test_sidecar_killed_and_restarted_loses_and_doubles_nothing(
     # Every answered token is there once; unanswered calls cut off by the kill may have been
     # spooled before it (billed work the client then retried or saw fail), nothing beyond.
     assert answered <= total <= answered + load.failed_tokens_upper_bound
+
+
+def test_every_log_line_of_the_pod_parses_with_one_parser(pod_stack: tuple[Stack, dict]) -> None:
+    """After outages and kills, the sidecar's and central metering's logs (restarts included)
+    are still one format, as the three services' are in tests/e2e/test_logs.py."""
+    stack, _ = pod_stack
+    for name in ("sidecar", "metering", "embed"):
+        assert unparsed_lines(stack.services[name].log_path) == [], name
