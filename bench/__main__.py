@@ -16,7 +16,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-SECTIONS = ["bench.embed", "bench.metering", "bench.rest", "bench.ceiling"]
+SECTIONS = ["bench.embed", "bench.metering", "bench.rest", "bench.ceiling", "bench.tracing"]
 
 
 @dataclass

@@ -37,15 +37,17 @@ BENCH_ORG = "org-bench"
 
 
 @contextmanager
-def noop_embed(metering_addr: str) -> Iterator[tuple[str, int]]:
-    """`python -m bench.noop_embed` on a free port, recording usage at `metering_addr`:
-    (address, pid)."""
+def noop_embed(
+    metering_addr: str, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, int]]:
+    """`python -m bench.noop_embed` on a free port, recording usage at `metering_addr`, with
+    `extra_env` on top of its environment: (address, pid)."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     env = {
         **os.environ, "EMBED_HOST": "127.0.0.1", "EMBED_PORT": str(port),
         "EMBED_METRICS_PORT": "0", "EMBED_METERING_ADDR": metering_addr,
-        "EMBED_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1",
+        "EMBED_LOG_LEVEL": "WARNING", "HF_HUB_OFFLINE": "1", **(extra_env or {}),
     }  # fmt: skip
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(

@@ -39,7 +39,10 @@ from tests.support.clinc150 import clinc_test_texts
 CONCURRENCY = (1, 16, 64)
 # Calls answered with a status other than OK; CANCELLED ones are those still in flight when
 # h2load stops (it resets them), not failures.
-_FAILED = r'^embed_requests_total\{code="(?!OK"|CANCELLED")[A-Z_]+"\} (\S+)$'
+_FAILED = (
+    r'^grpc_server_handled_total\{grpc_code="(?!OK"|CANCELLED")[A-Z_]+",'
+    r'grpc_method="Embed",grpc_service="intent_embed\.v1\.EmbedService"\} (\S+)$'
+)
 SECONDS = float(os.environ.get("BENCH_EMBED_SECONDS", "8"))
 
 

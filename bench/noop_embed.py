@@ -19,6 +19,7 @@ import numpy as np
 from embed_service import __main__ as service_main
 from embed_service.model import EmbeddingModel
 from intent_embed.logs import configure_logging
+from intent_embed.tracing import configure_tracing
 
 
 def fixed_vectors(model: EmbeddingModel, batch: Sequence[Sequence[int]]) -> np.ndarray:
@@ -31,7 +32,8 @@ def fixed_vectors(model: EmbeddingModel, batch: Sequence[Sequence[int]]) -> np.n
 
 def main(argv: list[str] | None = None) -> int:
     settings = service_main.parse_args(sys.argv[1:] if argv is None else argv)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    configure_tracing("embed")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # The probe would time the replaced forward; PyTorch's path is loaded and never run.
     settings.backend = "torch"

@@ -17,9 +17,6 @@ class EmbedMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "embed_requests", "Embed calls answered, by gRPC status code", ["code"], registry=r
-        )
         self.inputs = Counter("embed_inputs", "Inputs embedded", registry=r)
         self.tokens = Counter("embed_tokens", "Tokens embedded (no special tokens)", registry=r)
         self.batch_size = Histogram(

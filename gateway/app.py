@@ -26,7 +26,7 @@ from starlette.responses import Response
 from gateway import dashboard
 from gateway.api_docs import add_security_scheme, embedding_request_doc
 from gateway.auth import Authenticator
-from gateway.billing import SETUP_PATH, WEBHOOK_PATH, add_billing_routes, payment_required
+from gateway.billing import add_billing_routes, payment_required
 from gateway.clients import (
     EMBED_SERVICE,
     METERING_SERVICE,
@@ -52,7 +52,7 @@ from gateway.openai_schema import (
 )
 from gateway.ratelimit import RateLimiter, open_storage
 from gateway.settings import Settings
-from gateway.usage import USAGE_PATH, add_usage_route
+from gateway.usage import add_usage_route
 from intent_embed import tracing
 from intent_embed.tracing import configure_tracing
 
@@ -276,11 +276,9 @@ def create_app(
     _add_error_handlers(app)
     add_security_scheme(app)
     tracing.instrument_app(app)
-    routes = [*EMBEDDING_ROUTES, PREDICT_ROUTE, *MODELS_ROUTES, "/healthz", "/readyz",
-              USAGE_PATH, SETUP_PATH, WEBHOOK_PATH, *dashboard.routes()]  # fmt: skip
     # add_middleware puts each new one outermost: metrics must see the hot path's answers too.
     app.add_middleware(HotPathMiddleware, handler=handler)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=routes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=app.router.routes)
     return app
 
 

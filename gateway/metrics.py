@@ -1,7 +1,8 @@
 """The gateway's Prometheus metrics, kept in a registry owned by each app instance, and the
 server that exposes them on their own port.
 
-A pure ASGI middleware counts every HTTP answer by route and status and times it; the
+A pure ASGI middleware counts every HTTP answer by route (from the app's route table) and
+status and times it; the
 embeddings handler counts upstream failures by upstream and gRPC code. `serve_metrics` puts
 ``/metrics`` on ``GATEWAY_METRICS_PORT``, never on the public API port: request and token
 counts are business volume, for Prometheus only.
@@ -9,16 +10,18 @@ counts are business volume, for Prometheus only.
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 from wsgiref.simple_server import WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (
@@ -74,20 +77,35 @@ class GatewayMetrics:
 
 
 class MetricsMiddleware:
-    """Counts and times every HTTP response; routes outside `routes` count as 'other'."""
+    """Counts and times every HTTP response by the app's route it matched (its path template,
+    such as ``/v2/models/{model}``), read from the app's own route table; any other path counts
+    as 'other', so unknown paths never create a time series each."""
 
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, routes: Iterable[str]) -> None:
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.metrics = metrics
-        # A fixed label set: unknown paths must not create a time series each.
-        self.routes = frozenset(routes)
+        self._table = routes  # the router's live list: read at the first request, complete then
+        self._exact: frozenset[str] | None = None
+        self._templated: list[tuple[re.Pattern[str], str]] = []
+
+    def route_of(self, path: str) -> str:
+        if self._exact is None:
+            paths = [(route, str(getattr(route, "path", ""))) for route in self._table]
+            self._exact = frozenset(p for _, p in paths if p and "{" not in p)
+            self._templated = [(route.path_regex, p) for route, p in paths
+                               if "{" in p and hasattr(route, "path_regex")]  # fmt: skip
+        if path in self._exact:
+            return path
+        for regex, template in self._templated:
+            if regex.match(path):
+                return template
+        return "other"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        route = path if path in self.routes else "other"
+        route = self.route_of(scope["path"])
         status = 500
         start = time.monotonic()
 

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from intent_embed import tracing
+from intent_embed.call_metrics import CallMetrics
 from intent_embed.drain import DrainInterceptor
 from intent_embed.rich_status import status_with_details
 
@@ -41,8 +42,9 @@ QUIET_S = 1.0
 class GrpcServer:
     """A grpc.aio server with one service, health and reflection, bound to `address`;
     `interceptors` run in order around every call, health and reflection included, after the
-    tracing interceptor (when tracing is on) and the drain interceptor; `registry` gets the
-    drain's in-flight gauge and refused-while-draining counter."""
+    tracing interceptor (when tracing is on), the drain interceptor and the call metrics;
+    `registry` gets the drain's in-flight gauge and refused-while-draining counter and the
+    calls by method and code (`intent_embed.call_metrics`)."""
 
     def __init__(
         self,
@@ -55,9 +57,10 @@ class GrpcServer:
     ) -> None:
         self.service_name = service_name
         self.drain = DrainInterceptor(registry)
+        counted = [CallMetrics(registry)] if registry is not None else []
         self.server = grpc.aio.server(
             options=list(options),
-            interceptors=[*tracing.server_interceptors(), self.drain, *interceptors],
+            interceptors=[*tracing.server_interceptors(), self.drain, *counted, *interceptors],
         )
         register(self.server)
         self.health = health_aio.HealthServicer()
@@ -106,13 +109,9 @@ async def abort(
     *,
     field: str = "",
     reason: str = "",
-    count: Callable[[grpc.StatusCode], None] | None = None,
 ) -> NoReturn:
     """Ends the call with `code` and `message`; `field` names the request field to fix and
-    `reason` says why in a word clients may branch on (:mod:`intent_embed.rich_status`);
-    `count` is called with the code first (the service's metric of answers by code)."""
-    if count is not None:
-        count(code)
+    `reason` says why in a word clients may branch on (:mod:`intent_embed.rich_status`)."""
     await context.abort_with_status(status_with_details(code, message, field=field, reason=reason))
     raise AssertionError("abort_with_status always raises")
 

@@ -57,12 +57,6 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
-            "metering_requests_total",
-            "MeteringService calls",
-            ["method", "code"],
-            registry=self.registry,
-        )
         self.events = Counter(
             "metering_events_total", "usage events received", ["result"], registry=self.registry
         )
@@ -93,7 +87,6 @@ class Metrics:
             registry=self.registry,
         )
         # Children bound once: RecordUsage is the hot path (a label lookup per call adds up).
-        self.record_ok = self.requests.labels("RecordUsage", "OK")
         self.events_recorded = self.events.labels("recorded")
         self.events_duplicate = self.events.labels("duplicate")
 
@@ -198,7 +191,6 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             message,
             field=error.field if error is not None else "",
             reason=error.reason if error is not None else "",
-            count=lambda c: self._metrics.requests.labels(method, c.name).inc(),
         )
 
     async def RecordUsage(
@@ -225,7 +217,6 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
                 grpc.StatusCode.UNAVAILABLE,
                 "the ledger could not commit the usage; retry with the same event ids",
             )
-        self._metrics.record_ok.inc()
         self._metrics.events_recorded.inc(result.recorded)
         self._metrics.events_duplicate.inc(result.duplicates)
         self._metrics.tokens.inc(result.tokens)
@@ -247,7 +238,6 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             await self._fail(
                 context, "Authenticate", grpc.StatusCode.UNAVAILABLE, "the ledger is unavailable"
             )
-        self._metrics.requests.labels("Authenticate", "OK").inc()
         return metering_pb2.AuthenticateResponse(
             org_id=info.org_id,
             org_name=info.org_name,
@@ -281,7 +271,6 @@ class MeteringServicer(metering_pb2_grpc.MeteringServiceServicer):
             await self._fail(
                 context, method, grpc.StatusCode.UNAVAILABLE, "the ledger is unavailable; retry"
             )
-        self._metrics.requests.labels(method, "OK").inc()
         return result
 
     async def GetUsage(

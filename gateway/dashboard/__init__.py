@@ -30,10 +30,6 @@ _HEADERS = {
 }
 
 
-def routes() -> list[str]:
-    return [PATH + suffix for suffix in _FILES]
-
-
 def _file(content: bytes, media_type: str) -> Callable[[], Awaitable[Response]]:
     async def serve() -> Response:
         return Response(content, media_type=media_type, headers=_HEADERS)

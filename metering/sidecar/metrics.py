@@ -34,10 +34,6 @@ class SidecarMetrics:
             "metering_sidecar_dead_letter_depth", "Events in the dead-letter table", registry=r
         )
         dead.set_function(lambda: spool.dead_letter_count)
-        self.record_requests = Counter(
-            "metering_sidecar_record_requests", "RecordUsage calls answered, by status code",
-            ["code"], registry=r,
-        )
         self.recorded_events = Counter(
             "metering_sidecar_recorded_events", "Events accepted into the spool", registry=r
         )

@@ -62,7 +62,6 @@ class SidecarServicer(metering_pb2_grpc.MeteringServiceServicer):
                 context, grpc.StatusCode.UNAVAILABLE, f"usage spool cannot be written: {err}"
             )
         self._forwarder.wake()
-        self._metrics.record_requests.labels(code="OK").inc()
         self._metrics.recorded_events.inc(result.recorded)
         self._metrics.duplicate_events.inc(result.duplicates)
         return metering_pb2.RecordUsageResponse(
@@ -86,7 +85,4 @@ class SidecarServicer(metering_pb2_grpc.MeteringServiceServicer):
         message: str,
         field: str = "",
     ) -> NoReturn:
-        await abort(context, code, message, field=field, count=self._count)
-
-    def _count(self, code: grpc.StatusCode) -> None:
-        self._metrics.record_requests.labels(code=code.name).inc()
+        await abort(context, code, message, field=field)

@@ -107,3 +107,10 @@ def test_node_ceiling_from_cpu_per_call() -> None:
     assert node.gateway_calls_per_core == pytest.approx(4000)
     assert node.gateway_cores_needed() == pytest.approx(1.0)
     assert "4,000 single-input calls/s" in node.lines()[0]
+
+
+def test_tracing_off_leaves_only_checks_that_cost_well_under_a_microsecond() -> None:
+    from bench.tracing import _off_checks_ns
+
+    # A call costs hundreds of µs outside the model; the off path must stay far below that.
+    assert 0 < _off_checks_ns() < 5_000

@@ -4,6 +4,7 @@ documentation examples as published, models, health, readiness and metrics."""
 from __future__ import annotations
 
 import base64
+import uuid
 
 import numpy as np
 import pytest
@@ -164,3 +165,13 @@ def test_health_readiness_and_metrics(gateway: GatewayServer, fakes: Fakes) -> N
     text = requests.get(gateway.metrics_url, timeout=10).text
     assert 'gateway_requests_total{route="/v2/embeddings",status="401"}' in text
     assert 'gateway_request_seconds_bucket{le="0.005",route="/readyz"}' in text
+    # Routes come from the app's own table: a path template is one label, whatever fills it;
+    # a path no route serves is "other".
+    requests.get(f"{gateway.url}/v2/models/intent-embed", timeout=10)
+    requests.get(f"{gateway.url}/v2/models/no-such-model", timeout=10)
+    requests.get(f"{gateway.url}/no/such/path/{uuid.uuid4().hex}", timeout=10)
+    text = requests.get(gateway.metrics_url, timeout=10).text
+    assert 'gateway_requests_total{route="/v2/models/{model}",status="200"}' in text
+    assert 'gateway_requests_total{route="/v2/models/{model}",status="404"}' in text
+    assert 'route="other",status="404"' in text
+    assert "no/such/path" not in text and "no-such-model" not in text
