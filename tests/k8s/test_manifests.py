@@ -30,7 +30,11 @@ K8S = REPO_ROOT / "k8s"
 # The version we run on, and the oldest one docs/operations.md promises (native sidecars,
 # the preStop sleep action).
 KUBERNETES_VERSIONS = ("1.31", "1.30")
-OVERLAYS = {"gpu": K8S / "overlays" / "gpu", "cpu-dev": K8S / "overlays" / "cpu-dev"}
+OVERLAYS = {
+    "gpu": K8S / "overlays" / "gpu",
+    "cpu-dev": K8S / "overlays" / "cpu-dev",
+    "gpu-traces": K8S / "overlays" / "gpu-traces",
+}
 RENDERED_DIRS = {"base": K8S / "base", **OVERLAYS, "monitoring": K8S / "monitoring"}
 NAMESPACE = "intent-embed"
 
@@ -40,7 +44,8 @@ SKIPPED_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "Prometheus Operator CRD, no upstream schema",
 }
 # Env vars a container may carry beyond its service's settings (read by libraries).
-LIBRARY_ENV = {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME"}
+LIBRARY_ENV = {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME",
+               "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
 
 
 @pytest.fixture(scope="module")
@@ -628,3 +633,24 @@ def test_every_caller_of_metering_proves_its_role_with_a_token_from_one_secret(
         for variable, key in wanted.items():
             assert refs.get(variable) == ("service-tokens", key), (overlay, name, variable)
         assert "METERING_INSECURE_NO_AUTH" not in env(container(pod_spec(docs, deployment), name))
+
+
+@pytest.mark.parametrize("overlay", sorted(OVERLAYS))
+def test_only_the_traces_overlay_sends_spans_and_it_samples(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    services = [("embed", "embed"), ("embed", "metering-sidecar"), ("gateway", "gateway"),
+                ("metering", "metering")]  # fmt: skip
+    for deployment, name in services:
+        variables = env(container(pod_spec(docs, deployment), name))
+        if overlay != "gpu-traces":
+            assert not any(v.startswith("OTEL_") for v in variables), (overlay, name)
+            continue
+        assert variables["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318"), name
+        assert variables["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio", name
+        assert 0 < float(variables["OTEL_TRACES_SAMPLER_ARG"]) <= 0.1, name
+    if overlay == "gpu-traces":
+        policy = find(docs, "NetworkPolicy", "allow-otel-collector")["spec"]
+        assert policy["podSelector"] == {} and policy["policyTypes"] == ["Egress"]
+        assert [p["port"] for rule in policy["egress"] for p in rule["ports"]] == [4318]
