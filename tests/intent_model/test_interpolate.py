@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from embed_service.adapter import ADAPTER_WEIGHTS, ModelSource, merge_adapter
-from intent_model.interpolate import base_parameters, scale_tensors
+from intent_model.interpolate import base_parameters, scale_tensors, soup_tensors
 from intent_model.interpolate import main as interpolate_main
 from intent_model.train import TrainConfig, train
 
@@ -52,6 +52,17 @@ def test_the_merged_model_moves_from_the_base_by_the_scale(
         moved += int(not torch.equal(full[name], start))
     assert moved > 10  # training changed weights, biases and LayerNorms
     assert scale_tensors(tensors, base, 1.0) == tensors
+
+    # A soup of two runs moves the base by the mean of their deltas, times the scale.
+    other = tmp_path / "seed1"
+    train(_config(tiny_model_dir, tiny_clinc, tiny_pretrain, other, seed=1))
+    second = ModelSource.of(other).adapter
+    assert second is not None
+    apart = _merged(tiny_model_dir, second)
+    souped = _merged(tiny_model_dir, soup_tensors([tensors, second], base, 0.5))
+    for name, start in base.items():
+        expected = start + 0.5 * ((full[name] - start) + (apart[name] - start)) / 2
+        torch.testing.assert_close(souped[name], expected, rtol=0, atol=1e-5)
 
 
 def test_training_with_a_delta_scale_writes_the_scaled_unscaled_run(
