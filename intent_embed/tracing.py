@@ -9,7 +9,9 @@ no interceptor is installed, no middleware, and `span` hands out a no-op context
 path pays nothing.
 
 When on, the maintained instrumentations do the plumbing: grpc's server and client
-interceptors (the W3C trace context travels in gRPC metadata) and FastAPI's. The services add
+interceptors (the W3C trace context travels in gRPC metadata), FastAPI's and requests' for the
+calls to Stripe. (SQLAlchemy's, 0.66b2, declares sqlalchemy < 2.1 and cannot hook 2.1: the
+ledger's work shows as its own `ledger.commit` span.) The services add
 spans of their own through `span` (batch, forward, usage record, spool write, ledger commit).
 Attributes are sizes, counts and names only: never an API key, a service token, an input text
 or a vector.
@@ -83,6 +85,16 @@ def client_interceptors() -> list[Any]:
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
     return list(aio_client_interceptors())
+
+
+def instrument_requests() -> None:
+    """Spans for outgoing HTTP through `requests`, which the Stripe SDK uses (nothing when off):
+    method, URL and status, never a header, so never the Stripe key."""
+    if not _enabled:
+        return
+    from opentelemetry.instrumentation.requests import RequestsInstrumentor
+
+    RequestsInstrumentor().instrument()
 
 
 def instrument_app(app: Any) -> None:

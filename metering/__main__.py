@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_settings import CliSettingsSource
 
+from intent_embed import tracing
 from intent_embed.logs import configure_logging
 from intent_embed.settings_cli import add_settings_options, settings_from
 from intent_embed.tracing import configure_tracing
@@ -96,6 +97,7 @@ def _run_central(command: str, settings: Settings, *, once: bool) -> int:
     from metering.billing import BillingWorker, config_from
 
     engine = make_engine(settings.database_url)
+    tracing.instrument_requests()
     billing = BillingWorker(engine, config_from(settings))
     if not settings.stripe_api_key:
         log.warning(

@@ -16,22 +16,7 @@ import pytest
 from openai import OpenAI
 
 from devstack.stack import Ports, Stack
-
-
-def printed_spans(log: Path) -> list[dict[str, Any]]:
-    """The spans the console exporter wrote into a service's log: JSON objects whose lines
-    start with ``{`` and end with ``}`` in the first column, between the log's own lines."""
-    spans: list[dict[str, Any]] = []
-    block: list[str] | None = None
-    for line in log.read_text(errors="replace").splitlines():
-        if line == "{":
-            block = [line]
-        elif block is not None:
-            block.append(line)
-            if line == "}":
-                spans.append(json.loads("\n".join(block)))
-                block = None
-    return spans
+from tests.support.spans import printed_spans
 
 
 @pytest.fixture(scope="module")
