@@ -18,7 +18,8 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-_PASS_THROUGH = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+from intent_embed.server_calls import is_probe, wrapped_unary
+
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -46,9 +47,7 @@ class CallMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        if details.method.startswith(_PASS_THROUGH):
+        if handler is None or handler.unary_unary is None or is_probe(details.method):
             return handler
         service, _, method = details.method.lstrip("/").rpartition("/")
         inner = handler.unary_unary
@@ -71,8 +70,4 @@ class CallMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 self.handled.labels(service, method, code.name).inc()
                 timer.observe(time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
-            behaviour,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return wrapped_unary(handler, behaviour)

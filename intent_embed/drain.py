@@ -18,9 +18,10 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from intent_embed.rich_status import DRAINING, status_with_details
+from intent_embed.server_calls import is_probe, refusal, wrapped_unary
 
-_PASS_THROUGH = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 DRAINING_MESSAGE = "this server is shutting down; retry the call"
+_DRAINING = status_with_details(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE, reason=DRAINING)
 
 
 class DrainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -57,15 +58,12 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(_PASS_THROUGH):
+        if handler is None or is_probe(details.method):
             return handler
         if handler.unary_unary is None:
             return handler  # no streaming method in this project's services; left uncounted
         if self.draining:
-            return self._refusal(handler)
-        return self._counted(handler)
-
-    def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+            return refusal(_DRAINING, self._count_refused)
         inner = handler.unary_unary
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -75,27 +73,11 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             finally:
                 self._leave()
 
-        return grpc.unary_unary_rpc_method_handler(
-            behaviour,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return wrapped_unary(handler, behaviour)
 
-    def _refusal(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if self._refused is not None:
-                self._refused.inc()
-            await context.abort_with_status(
-                status_with_details(
-                    grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE, reason=DRAINING
-                )
-            )
-
-        return grpc.unary_unary_rpc_method_handler(
-            refuse,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+    def _count_refused(self) -> None:
+        if self._refused is not None:
+            self._refused.inc()
 
     def _enter(self) -> None:
         self.in_flight += 1

@@ -24,11 +24,11 @@ from typing import Any
 import grpc
 
 from intent_embed.rich_status import status_with_details
+from intent_embed.server_calls import is_probe, refusal
 
 log = logging.getLogger(__name__)
 
 AUTHORIZATION = "authorization"
-_PASS_THROUGH = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # ErrorInfo reasons a caller may branch on.
 NO_SERVICE_TOKEN = "NO_SERVICE_TOKEN"
 ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
@@ -75,7 +75,7 @@ class ServiceAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method = details.method
-        if method.startswith(_PASS_THROUGH):
+        if is_probe(method):
             return await continuation(details)
         role = self.role_of(details.invocation_metadata)
         if role is None:
@@ -98,13 +98,7 @@ class ServiceAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, code: grpc.StatusCode, message: str, reason: str
     ) -> grpc.RpcMethodHandler:
         self._on_refused(code.name)
-        status = status_with_details(code, message, reason=reason)
-
-        async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort_with_status(status)
-
-        # The request is never read: its bytes are not deserialized for a refused call.
-        return grpc.unary_unary_rpc_method_handler(refuse)
+        return refusal(status_with_details(code, message, reason=reason))
 
 
 class _BearerToken(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
