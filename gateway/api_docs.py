@@ -9,40 +9,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 from fastapi import FastAPI
 
-from gateway.openai_schema import EmbeddingRequestSchema
+from gateway.openai_schema import EmbeddingBody, input_shapes
 
 JSON = "application/json"
 BEARER = "bearerAuth"
 SECURITY: list[dict[str, list[str]]] = [{BEARER: []}]
 
 
-def _inputs(max_inputs: int) -> dict[str, Any]:
-    """What `input` may be, as exactly as a schema says it: texts with a non-space character,
-    token ids of 32 bits, at most `max_inputs` inputs. (Token limits depend on the model.)"""
-    text = {"type": "string", "minLength": 1, "pattern": r"\S"}
-    token_ids = {
-        "type": "array",
-        "minItems": 1,
-        "items": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
-    }
-    return {
-        "anyOf": [
-            text,
-            {"type": "array", "minItems": 1, "maxItems": max_inputs, "items": text},
-            token_ids,
-            {"type": "array", "minItems": 1, "maxItems": max_inputs, "items": token_ids},
-        ],
+def embedding_request_doc(model_names: Sequence[str], max_inputs: int) -> dict[str, Any]:
+    """`openapi_extra` of the embedding routes: their body, and that they need a key.
+
+    The body is `EmbeddingBody`'s JSON Schema, with what depends on the settings: `input` as
+    its shapes with the count limit, `model` as the served names."""
+    _, components = msgspec.json.schema_components([EmbeddingBody])
+    schema = components[EmbeddingBody.__name__]
+    schema["properties"]["input"] = {
+        "anyOf": [msgspec.json.schema(shape) for shape in input_shapes(max_inputs)],
         "description": "a text, texts, token ids or token-id arrays (of the model's tokenizer, "
         f"without special tokens); at most {max_inputs} inputs",
     }
-
-
-def embedding_request_doc(model_names: Sequence[str], max_inputs: int) -> dict[str, Any]:
-    """`openapi_extra` of the embedding routes: their body, and that they need a key."""
-    schema = EmbeddingRequestSchema.model_json_schema()
-    schema["properties"]["input"] = _inputs(max_inputs)
     schema["properties"]["model"] = {
         "type": "string",
         "enum": list(model_names),

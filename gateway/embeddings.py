@@ -11,7 +11,6 @@ import time
 import uuid
 
 import grpc
-import orjson
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -106,16 +105,7 @@ class EmbeddingsHandler:
                 org, caller.requests_per_minute, caller.tokens_per_minute
             )
             raw = await self.read_body(request)
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise ApiError(
-                    400,
-                    f"The body is not valid JSON ({exc.msg}); send a JSON object such as "
-                    f'{{"input": "text", "model": "{self.settings.model_name}"}}.',
-                    code="invalid_json",
-                ) from None
-            req = parse_request(body, self.settings.model_name, self.settings.max_inputs)
+            req = parse_request(raw, self.settings.model_name, self.settings.max_inputs)
             if req.project_id and req.project_id not in caller.project_ids:
                 raise ApiError(
                     400,

@@ -1,33 +1,81 @@
-"""The OpenAI embeddings wire format: request validation and response encoding.
+"""The OpenAI embeddings wire format: the request body's one definition, and response encoding.
 
-Requests are validated by hand from the parsed JSON rather than through a pydantic model so
-that every client mistake gets a precise OpenAI-style 400 (naming the field and the input
-index) and so that large token-id lists are not copied through a model. Responses are built
-straight from the packed little-endian float32 bytes the embed service returns: base64 is
-those bytes encoded, float JSON is orjson serialising a numpy view, never a per-float loop.
-The pydantic models at the bottom only describe the contract in the OpenAPI schema.
+`EmbeddingBody` is the body of the embedding routes, as a msgspec Struct: msgspec checks a body
+against it in C while decoding it, and its JSON Schema is the body in the OpenAPI document. What
+a type cannot say is checked on the decoded values: the model's name, that a list holds one kind
+of input (its first item says which), and how many inputs it holds. A body msgspec refuses is
+decoded again as plain JSON and each field checked on its own, so the answer is an OpenAI-style
+400 (or 404) naming the first problem, its field and its input index. Responses are built
+straight from the packed little-endian float32 bytes the embed service returns: base64 is those
+bytes encoded, float JSON is orjson serialising a numpy view, never a per-float loop.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeAlias
 
+import msgspec
 import numpy as np
 import orjson
-from pydantic import BaseModel, Field
+from msgspec import Meta
+from pydantic import BaseModel
 
 from gateway.errors import ApiError
 
 UINT32_MAX = 2**32 - 1
-ENCODING_FORMATS = ("float", "base64")
+
+# A text must have a non-space character. The document says so, but the embed service checks it
+# (as it checks token limits): here it would cost a regular-expression search per text.
+Text: TypeAlias = Annotated[str, Meta(min_length=1, extra_json_schema={"pattern": r"\S"})]
+TokenId: TypeAlias = Annotated[int, Meta(ge=0, le=UINT32_MAX)]
+TokenIds: TypeAlias = Annotated[list[TokenId], Meta(min_length=1)]
 
 
-@dataclass(frozen=True, slots=True)
-class EmbeddingRequest:
-    """A validated request: exactly one of `texts` and `token_ids` is set."""
+class EmbeddingBody(msgspec.Struct):
+    """Body of POST /v2/embeddings, as OpenAI's plus `project_id` and `truncate`."""
+
+    # The docstring is the body's description in the OpenAPI document. Fields are in the order
+    # a refused body is checked in, so a refusal names the first problem in this order. `input`
+    # decodes as a text or a list of items that are each a text, a token id or a token-id array;
+    # `_inputs` then holds a list to the kind of its first item, so what passes is one of the
+    # shapes `input_shapes` documents.
+    model: Annotated[str, Meta(description="the model's name")]
+    input: Annotated[
+        Text | Annotated[list[Text | TokenId | TokenIds], Meta(min_length=1)],
+        Meta(description="text, texts, token ids or token-id arrays"),
+    ]
+    encoding_format: Annotated[
+        Literal["float", "base64"] | None,
+        Meta(description="float (default) or base64 of little-endian float32"),
+    ] = None
+    dimensions: Annotated[
+        Annotated[int, Meta(ge=1, le=UINT32_MAX)] | None,
+        Meta(description="keep the first d values, re-normalised"),
+    ] = None
+    truncate: Annotated[bool | None, Meta(description="cut inputs over the model's limit")] = None
+    project_id: Annotated[
+        str | None, Meta(description="project of your org to attribute usage to")
+    ] = None
+    user: Annotated[
+        str | None,
+        Meta(description="your end-user's id (accepted, not stored)"),
+    ] = None
+
+
+def input_shapes(max_inputs: int) -> list[Any]:
+    """What `input` may be, one type per shape, as the OpenAPI document states it: a text,
+    texts, one input's token ids, or token-id arrays, at most `max_inputs` inputs."""
+    inputs = Meta(min_length=1, max_length=max_inputs)
+    return [Text, Annotated[list[Text], inputs], TokenIds, Annotated[list[TokenIds], inputs]]
+
+
+class EmbeddingRequest(msgspec.Struct, frozen=True):
+    """A validated request: exactly one of `texts` and `token_ids` is set.
+
+    A Struct, not a frozen dataclass: that cost more to build than decoding a short body."""
 
     model: str
     texts: list[str] | None
@@ -42,138 +90,196 @@ class EmbeddingRequest:
         return len(self.texts if self.texts is not None else self.token_ids or [])
 
 
-def _bad(message: str, param: str | None, code: str | None = "invalid_value") -> ApiError:
-    return ApiError(400, message, param=param, code=code)
+_DECODER = msgspec.json.Decoder(EmbeddingBody)
+_FIELDS = msgspec.structs.fields(EmbeddingBody)
+# Where in a value msgspec found the problem: `... - at `$[3][0]`` (absent at the value itself).
+_PATH = re.compile(r" - at `\$((?:\[\d+\])*)`$")
+# What each optional field must be, said as its refusal; `model` and `input` have their own.
+_REFUSALS = {
+    "encoding_format": ("'encoding_format' must be 'float' or 'base64'.", "invalid_value"),
+    "dimensions": ("'dimensions' must be a positive integer.", "invalid_value"),
+    "truncate": ("'truncate' must be true or false.", "invalid_type"),
+    "project_id": ("'project_id' must be a string.", "invalid_type"),
+    "user": ("'user' must be a string.", "invalid_type"),
+}
 
 
-def _is_int(value: object) -> bool:
-    # bool is a subclass of int in Python, but `true` is not a token id in JSON.
-    return type(value) is int
+def parse_request(raw: bytes, model_name: str, max_inputs: int) -> EmbeddingRequest:
+    """Decode and validate a raw JSON body; raise `ApiError` (400/404) naming what to fix."""
+    try:
+        body = _DECODER.decode(raw)
+    except msgspec.MsgspecError:
+        body = _explain(raw, model_name, max_inputs)
+    if body.model != model_name:
+        raise _unknown_model(body.model, model_name)
+    texts, token_ids = _inputs(body.input, max_inputs)
+    return EmbeddingRequest(
+        model=body.model,
+        texts=texts,
+        token_ids=token_ids,
+        encoding_format=body.encoding_format or "float",
+        dimensions=body.dimensions,
+        truncate=bool(body.truncate),
+        project_id=body.project_id or "",
+    )
 
 
-def _token_list(ids: list[Any], where: str) -> list[int]:
-    if not ids:
-        raise _bad(f"{where} is an empty token list; give at least one token id.", "input")
-    for j, tok in enumerate(ids):
-        if not _is_int(tok) or tok < 0 or tok > UINT32_MAX:
-            raise _bad(
-                f"{where} token {j} is {str(tok)[:40]!r}; token ids must be non-negative integers "
-                "of this model's tokenizer.",
-                "input",
-            )
-    return ids
+def _inputs(
+    value: str | list[Any], max_inputs: int
+) -> tuple[list[str] | None, list[list[int]] | None]:
+    """A decoded `input` as texts or token-id arrays, once its list holds one kind of input.
 
-
-def _parse_input(value: object, max_inputs: int) -> tuple[list[str] | None, list[list[int]] | None]:
+    A list whose first item is a token id is one input (its length is tokens, not inputs)."""
     if isinstance(value, str):
-        if not value:
-            raise _bad("'input' is an empty string; give the text to embed.", "input")
         return [value], None
-    if not isinstance(value, list):
+    kind = type(value[0])
+    if kind is not int and len(value) > max_inputs:
+        raise _too_many(len(value), max_inputs)
+    other = _first_of_another_kind(value)
+    if other is not None:
+        raise _another_kind(value, other)
+    if kind is int:
+        return None, [value]
+    return (value, None) if kind is str else (None, value)
+
+
+def _too_many(count: int, max_inputs: int) -> ApiError:
+    return _bad(
+        f"'input' has {count} items; at most {max_inputs} are allowed per request, "
+        "split it into several requests.",
+        "input",
+        "too_many_inputs",
+    )
+
+
+def _first_of_another_kind(items: list[Any]) -> int | None:
+    # bool is a subclass of int in Python, but `true` is not a token id in JSON: types compared
+    # exactly. One pass in C for the usual list of one kind.
+    if len(set(map(type, items))) == 1:
+        return None
+    kind = type(items[0])
+    return next(i for i, item in enumerate(items) if type(item) is not kind)
+
+
+def _explain(raw: bytes, model_name: str, max_inputs: int) -> EmbeddingBody:
+    """The body msgspec refused, decoded as plain JSON and checked a field at a time in
+    `EmbeddingBody`'s order, so that the refusal names the first problem in that order (the
+    model before the input, an input count before its items), as msgspec alone would not.
+
+    A body whose fields all pass is returned: plain JSON keeps the last of repeated keys, while
+    msgspec refuses a wrong value even when a later one replaces it."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise _bad(
+            f"The body is not valid JSON ({exc.msg}); send a JSON object such as "
+            f'{{"input": "text", "model": "{model_name}"}}.',
+            None,
+            "invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise _bad("The request body must be a JSON object.", None, "invalid_json")
+    for field in _FIELDS:
+        value = body.get(field.encode_name)
+        if value is None and field.required:
+            if field.name == "model":
+                raise _bad(
+                    f"'model' is required; use {model_name!r}.",
+                    "model",
+                    "missing_required_parameter",
+                )
+            raise _bad(f"'{field.name}' is required.", field.name, "missing_required_parameter")
+        try:
+            typed = msgspec.convert(value, field.type)
+        except msgspec.ValidationError as exc:
+            found = _PATH.search(str(exc))
+            path = [int(i) for i in re.findall(r"\d+", found.group(1))] if found else []
+            raise _refusal(field.name, value, path, model_name, max_inputs) from None
+        if field.name == "model" and typed != model_name:
+            raise _unknown_model(typed, model_name)
+        if field.name == "input":
+            _inputs(typed, max_inputs)
+    converted: EmbeddingBody = msgspec.convert(body, EmbeddingBody)
+    return converted
+
+
+def _refusal(name: str, value: Any, path: list[int], model_name: str, max_inputs: int) -> ApiError:
+    """Why `value` of field `name` is refused, msgspec having found the problem at `path`
+    (item indices; none when the value itself is)."""
+    if name == "model":
+        return _bad(f"'model' must be a string; use {model_name!r}.", "model", "invalid_type")
+    if name != "input":
+        message, code = _REFUSALS[name]
+        return _bad(message, name, code)
+    if not path:
+        if value == "":
+            return _bad("'input' is an empty string; give the text to embed.", "input")
+        if value == []:
+            return _bad("'input' is an empty array; give at least one input.", "input")
+        return _bad(
             "'input' must be a string, an array of strings, an array of token ids or an array "
             "of token-id arrays.",
             "input",
             "invalid_type",
         )
-    if not value:
-        raise _bad("'input' is an empty array; give at least one input.", "input")
-    first = value[0]
-    if _is_int(first):  # one input given as token ids: its length is tokens, not inputs
-        return None, [_token_list(value, "input 0")]
-    if len(value) > max_inputs:
-        raise _bad(
-            f"'input' has {len(value)} items; at most {max_inputs} are allowed per request, "
-            "split it into several requests.",
-            "input",
-            "too_many_inputs",
-        )
-    if isinstance(first, str):
-        for i, text in enumerate(value):
-            if not isinstance(text, str):
-                raise _bad(
-                    f"input {i} is not a string; an array of strings must hold only strings.",
-                    "input",
-                    "invalid_type",
-                )
-            if not text:
-                raise _bad(f"input {i} is an empty string; give the text to embed.", "input")
-        return value, None
-    if isinstance(first, list):
-        out: list[list[int]] = []
-        for i, ids in enumerate(value):
-            if not isinstance(ids, list):
-                raise _bad(
-                    f"input {i} is not an array; token-id arrays must all be arrays.",
-                    "input",
-                    "invalid_type",
-                )
-            out.append(_token_list(ids, f"input {i}"))
-        return None, out
-    raise _bad(
+    if type(value[0]) is not int and len(value) > max_inputs:
+        return _too_many(len(value), max_inputs)
+    i = path[0]
+    other = _first_of_another_kind(value)
+    if other is not None and other <= i:  # the earlier problem, as a walk through the list meets it
+        return _another_kind(value, other)
+    if type(value[0]) is int:
+        return _not_a_token(0, i, value[i])
+    item = value[i]
+    if len(path) > 1:
+        return _not_a_token(i, path[1], item[path[1]])
+    # An item refused as a whole is an empty one, or a first item of no input kind.
+    if isinstance(item, str):
+        return _bad(f"input {i} is an empty string; give the text to embed.", "input")
+    if isinstance(item, list):
+        return _bad(f"input {i} is an empty token list; give at least one token id.", "input")
+    return _bad(
         "'input' items must be strings, token ids (integers) or token-id arrays.",
         "input",
         "invalid_type",
     )
 
 
-def parse_request(body: object, model_name: str, max_inputs: int) -> EmbeddingRequest:
-    """Validate a decoded JSON body; raise `ApiError` (400/404) naming what to fix."""
-    if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object.", None, "invalid_json")
-    model = body.get("model")
-    if model is None:
-        raise _bad(
-            f"'model' is required; use {model_name!r}.", "model", "missing_required_parameter"
+def _another_kind(items: list[Any], i: int) -> ApiError:
+    """Item `i` is not of the kind the list's first item set."""
+    kind = type(items[0])
+    if kind is int:
+        return _not_a_token(0, i, items[i])
+    if kind is str:
+        return _bad(
+            f"input {i} is not a string; an array of strings must hold only strings.",
+            "input",
+            "invalid_type",
         )
-    if not isinstance(model, str):
-        raise _bad(f"'model' must be a string; use {model_name!r}.", "model", "invalid_type")
-    if model != model_name:
-        raise ApiError(
-            404,
-            f"The model {model[:100]!r} does not exist; this API serves {model_name!r}.",
-            param="model",
-            code="model_not_found",
-        )
-    if "input" not in body or body["input"] is None:
-        raise _bad("'input' is required.", "input", "missing_required_parameter")
-    texts, token_ids = _parse_input(body["input"], max_inputs)
-
-    encoding_format = body.get("encoding_format")
-    if encoding_format is None:
-        encoding_format = "float"
-    elif encoding_format not in ENCODING_FORMATS:
-        raise _bad("'encoding_format' must be 'float' or 'base64'.", "encoding_format")
-
-    dimensions = body.get("dimensions")
-    if dimensions is not None and (not _is_int(dimensions) or not 1 <= dimensions <= UINT32_MAX):
-        raise _bad("'dimensions' must be a positive integer.", "dimensions")
-
-    truncate = body.get("truncate")
-    if truncate is None:
-        truncate = False
-    elif not isinstance(truncate, bool):
-        raise _bad("'truncate' must be true or false.", "truncate", "invalid_type")
-
-    project_id = body.get("project_id")
-    if project_id is None:
-        project_id = ""
-    elif not isinstance(project_id, str):
-        raise _bad("'project_id' must be a string.", "project_id", "invalid_type")
-
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise _bad("'user' must be a string.", "user", "invalid_type")
-
-    return EmbeddingRequest(
-        model=model,
-        texts=texts,
-        token_ids=token_ids,
-        encoding_format=encoding_format,
-        dimensions=dimensions,
-        truncate=truncate,
-        project_id=project_id,
+    return _bad(
+        f"input {i} is not an array; token-id arrays must all be arrays.", "input", "invalid_type"
     )
+
+
+def _not_a_token(i: int, j: int, token: object) -> ApiError:
+    return _bad(
+        f"input {i} token {j} is {str(token)[:40]!r}; token ids must be non-negative integers "
+        "of this model's tokenizer.",
+        "input",
+    )
+
+
+def _unknown_model(model: str, model_name: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model {model[:100]!r} does not exist; this API serves {model_name!r}.",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _bad(message: str, param: str | None, code: str | None = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
 
 
 def vectors_matrix(embeddings: Sequence[Any]) -> np.ndarray | list[np.ndarray]:
@@ -227,23 +333,7 @@ def encode_response(
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-# ---- OpenAPI description only (requests are validated by `parse_request`) ----
-
-
-class EmbeddingRequestSchema(BaseModel):
-    """Body of POST /v2/embeddings, as OpenAI's plus `project_id` and `truncate`."""
-
-    input: str | list[str] | list[int] | list[list[int]] = Field(
-        description="text, texts, token ids or token-id arrays (at most 2048 inputs)"
-    )
-    model: str = Field(description="the model name; this API serves 'intent-embed'")
-    encoding_format: Literal["float", "base64"] | None = Field(
-        None, description="float (default) or base64 of little-endian float32"
-    )
-    dimensions: int | None = Field(None, ge=1, description="keep the first d values, re-normalised")
-    user: str | None = Field(None, description="your end-user's id (accepted, not stored)")
-    project_id: str | None = Field(None, description="project of your org to attribute usage to")
-    truncate: bool | None = Field(None, description="cut inputs over the model's limit")
+# ---- The responses, as the OpenAPI document describes them ----
 
 
 class EmbeddingObject(BaseModel):

@@ -190,6 +190,22 @@ def test_wrong_content_type_with_json_body_still_works(gateway: GatewayServer) -
     assert error_of(post(gateway, data=b"input=hi&model=x", headers=headers), 400)
 
 
+def test_a_body_with_several_problems_gets_the_first(gateway: GatewayServer) -> None:
+    # The order a user fixes them in: the model (404) before the input, an input count before
+    # its items, items in order.
+    err = error_of(post(gateway, {"input": 12, "model": "gpt-x"}), 404)
+    assert err["code"] == "model_not_found"
+    err = error_of(post(gateway, {"input": ["a"] * 2049 + [""], "model": "intent-embed"}), 400)
+    assert err["code"] == "too_many_inputs"
+    err = error_of(post(gateway, {"input": ["a", 3, ""], "model": "intent-embed"}), 400)
+    assert err["message"].startswith("input 1 is not a string") and err["code"] == "invalid_type"
+    body = {"input": [[1], [2, "x"]], "model": "intent-embed", "dimensions": 0}
+    assert error_of(post(gateway, body), 400)["message"].startswith("input 1 token 1 is 'x'")
+    # A repeated key counts once, with its last value, as in any JSON parser's dict.
+    raw = b'{"model": 7, "input": "hi", "model": "intent-embed"}'
+    assert post(gateway, data=raw, headers={**AUTH, "Content-Type": "application/json"}).ok
+
+
 def test_unknown_model_is_404_model_not_found(gateway: GatewayServer) -> None:
     err = error_of(post(gateway, {"input": "hi", "model": "text-embedding-3-small"}), 404)
     assert err["code"] == "model_not_found" and err["param"] == "model"
