@@ -60,6 +60,7 @@ RUN if [ -n "$TORCH_INDEX_URL" ]; then \
     fi
 COPY pyproject.toml README.md ./
 COPY intent_embed ./intent_embed
+COPY encoder ./encoder
 COPY embed_service ./embed_service
 # The embed extra (pyproject.toml): torch is there already, so pip keeps that build.
 RUN pip install ".[embed]" && rm -rf /build/*

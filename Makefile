@@ -48,7 +48,7 @@ protos: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy intent_embed embed_service metering gateway intent_model devstack bench tests
+	$(VENV)/bin/mypy intent_embed encoder embed_service metering gateway intent_model devstack bench tests
 
 # The intent model. `make train-intent` rebuilds the shipped adapter (embed_service/models/
 # intent-embed: weights, metrics.json, eval.json, model card) from the packaged base and

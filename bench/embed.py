@@ -153,8 +153,9 @@ def baseline(report: Any) -> tuple[list[str], dict[str, Limit], dict[str, Raw]]:
         return report.shared["queries"], report.shared["limits"], report.shared["raw"]
     import torch
 
-    from embed_service.onnx_forward import onnxruntime_available
     from embed_service.precision import cpu_has_native_bf16
+    from encoder.onnx_runtime import onnxruntime_available
+
     queries = short_queries()
     native = torch.cuda.is_available() or cpu_has_native_bf16()
     dtypes = ["float32", "bfloat16"] if native else ["float32"]

@@ -2,14 +2,15 @@
 
 Owns loading (weights, tokenizer, pooling mode, normalisation and maximum length as the
 directory's sentence-transformers files say), device and dtype choice, token counting
-(tokenizer tokens without special tokens) and the forward pass that turns token ids into
-float32 vectors.
+(tokenizer tokens without special tokens), and which forward pass (`encoder`) turns token ids
+into float32 vectors.
 
 BERT encoders (all-MiniLM-L6-v2 and models fine-tuned from it) run on the unpadded path of
-`embed_service.unpadded`; any other architecture runs transformers' padded forward, where
-reduced precision is applied to the Linear layers of all blocks but the last. Device and dtype
-are chosen in `embed_service.precision`. Invariant either way: vectors stay at cosine >= 0.9999
-of float32, which casting the whole model (`model.to(bfloat16)`) does not. Measurements:
+`encoder.torch_unpadded`; any other architecture runs transformers' padded forward
+(`encoder.torch_padded`), where reduced precision is applied to the Linear layers of all blocks
+but the last. Device and dtype are chosen in `embed_service.precision`, the backend in
+`embed_service.backends`. Invariant either way: vectors stay at cosine >= 0.9999 of float32,
+which casting the whole model (`model.to(bfloat16)`) does not. Measurements:
 docs/performance.md.
 """
 
@@ -23,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +34,18 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from embed_service.adapter import ModelSource, merge_adapter
 from embed_service.backends import choose as choose_backend
-from embed_service.onnx_forward import OnnxForward
+from embed_service.backends import onnx_runs_here
 from embed_service.precision import lower_linear_precision, resolve_device, resolve_dtype
-from embed_service.unpadded import UnpaddedBatch, UnpaddedBert, is_plain_bert, unpadded_encoder
+from encoder.forward import Forward
+from encoder.layout import Framing
+from encoder.onnx_runtime import OnnxRuntime
+from encoder.router import Router
+from encoder.torch_padded import TorchPadded
+from encoder.torch_unpadded import TorchUnpadded
+from encoder.unpadded import is_plain_bert
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class PoolingConfig:
@@ -84,38 +93,30 @@ class EmbeddingModel:
         self,
         model: torch.nn.Module,
         tokenizer: PreTrainedTokenizerBase,
+        fast_tokenizer: Any,
+        framing: Framing,
         pooling: PoolingConfig,
         device: torch.device,
-        dtype: torch.dtype,
-        unpadded: UnpaddedBert | None = None,
+        router: Router,
         revision: str = "",
     ) -> None:
         self.model = model
         self.revision = revision
-        self.unpadded = unpadded
-        self.unpadded_eligible = is_plain_bert(model)
-        # Set by `embed_service.backends.choose` when ONNX Runtime serves this model: batches
-        # of up to `onnx_max_rows` inputs run there, larger ones on PyTorch.
-        self.onnx: OnnxForward | None = None
-        self.onnx_max_rows: int | None = None  # None: every batch
+        self.router = router
         self.num_threads = torch.get_num_threads()
         self.tokenizer = tokenizer
+        self.framing = framing
         self.pooling = pooling
         self.device = device
-        self.dtype = dtype
         config: Any = model.config
         self.dimensions = int(config.hidden_size)
         self.vocab_size = len(tokenizer)
         self.max_seq_length = pooling.max_seq_length
-        # Where the special tokens go for a single sequence ([CLS] ... [SEP] for BERT).
-        self.prefix, self.suffix = _special_tokens_around(tokenizer)
-        self.pad_token_id = int(tokenizer.pad_token_id or 0)
-        self.num_special_tokens = len(self.prefix) + len(self.suffix)
+        self.num_special_tokens = framing.extra
         # Token limit of one input as users count it (no special tokens): the model's limit
         # minus what the tokenizer adds around a single sequence.
         self.max_input_tokens = self.max_seq_length - self.num_special_tokens
-        self._takes_token_types = "token_type_ids" in tokenizer.model_input_names
-        self._fast = _bare_fast_tokenizer(tokenizer)
+        self._fast = fast_tokenizer
 
     @classmethod
     def from_directory(
@@ -130,7 +131,7 @@ class EmbeddingModel:
         """Loads a local model directory, or an adapter directory merged into its base
         (`embed_service.adapter`); never touches the network.
 
-        `unpadded` runs BERT encoders on the unpadded path (`embed_service.unpadded`); False,
+        `unpadded` runs BERT encoders on the unpadded path (`encoder.torch_unpadded`); False,
         or a model that path does not cover, runs transformers' padded forward. `model` stays
         the float32 transformers module on the unpadded path (training code uses it directly).
         `backend` picks PyTorch or ONNX Runtime (`embed_service.backends`; auto: measured).
@@ -152,12 +153,24 @@ class EmbeddingModel:
             merge_adapter(model, source.adapter)
         model.eval()
         model.to(dev)
-        fast = unpadded_encoder(model, torch_dtype) if unpadded else None
-        if fast is None and torch_dtype != torch.float32:
-            lower_linear_precision(model, torch_dtype)
         pooling = read_pooling_config(source.weights_dir, int(model.config.max_position_embeddings))
-        loaded = cls(model, tokenizer, pooling, dev, torch_dtype, fast, source.revision)
-        choose_backend(loaded, backend, dtype)
+        framing = _framing(tokenizer)
+        fast = _bare_fast_tokenizer(tokenizer)
+        pytorch = _pytorch_forward(model, tokenizer, framing, pooling, dev, torch_dtype, unpadded)
+        onnx = (
+            partial(
+                OnnxRuntime.of,
+                model,
+                framing,
+                pooling.mode,
+                pooling.normalize,
+                torch.get_num_threads(),
+            )
+            if onnx_runs_here(model, dev)
+            else None
+        )
+        router = choose_backend(pytorch, onnx, partial(_tokenize, tokenizer, fast), backend, dtype)
+        loaded = cls(model, tokenizer, fast, framing, pooling, dev, router, source.revision)
         log.info(
             "model_loaded path=%s revision=%s adapter=%s device=%s dtype=%s backend=%s "
             "pooling=%s normalize=%s max_seq=%d threads=%d seconds=%.2f",
@@ -178,20 +191,13 @@ class EmbeddingModel:
     @property
     def dtype_name(self) -> str:
         """The dtype of PyTorch's forward where it runs any batch; ONNX Runtime's is float32."""
-        if self.onnx is not None and self.onnx_max_rows is None:
-            return "float32"
-        return str(self.dtype).removeprefix("torch.")
+        return self.router.dtype
 
     @property
     def backend(self) -> str:
         """Which forward pass runs: onnxruntime, torch-unpadded or torch-padded; when batches
         are split by size, `onnxruntime<=N+torch-unpadded`."""
-        torch_name = "torch-unpadded" if self.unpadded is not None else "torch-padded"
-        if self.onnx is None:
-            return torch_name
-        if self.onnx_max_rows is None:
-            return "onnxruntime"
-        return f"onnxruntime<={self.onnx_max_rows}+{torch_name}"
+        return self.router.name
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text without special tokens and without truncation.
@@ -199,81 +205,16 @@ class EmbeddingModel:
         Goes straight to the Rust tokenizer where there is one: the transformers call around it
         is a large share of the service's per-request CPU (docs/performance.md).
         """
-        if not texts:
-            return []
-        fast = self._fast
-        if fast is not None:
-            if len(texts) <= _SERIAL_ENCODE_MAX:  # encode_batch wakes a thread pool
-                return [fast.encode(text, add_special_tokens=False).ids for text in texts]
-            return [e.ids for e in fast.encode_batch(list(texts), add_special_tokens=False)]
-        encoded = self.tokenizer(
-            list(texts),
-            add_special_tokens=False,
-            truncation=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-            verbose=False,
-        )
-        return [list(ids) for ids in encoded["input_ids"]]
+        return _tokenize(self.tokenizer, self._fast, texts)
 
     def embed_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
-        """Vectors [n, dim] float32 of inputs given as ids without special tokens.
+        """Vectors [n, dim] float32 of inputs given as ids without special tokens (`Forward`).
 
         Each input must already fit `max_input_tokens`. Attention (and, on the padded path,
         every layer) works on the batch padded to its longest input, so callers group inputs
         of similar length.
         """
-        if self.onnx is not None and (
-            self.onnx_max_rows is None or len(batch) <= self.onnx_max_rows
-        ):
-            pooled = self.onnx(*self.pad_arrays(batch))
-            if self.pooling.normalize:
-                pooled /= np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-            return pooled
-        if self.unpadded is None:
-            return self.forward(*self.pad(batch))
-        with torch.inference_mode():
-            rows = UnpaddedBatch.of(batch, self.prefix, self.suffix, self.device)
-            return self._finish(self.unpadded(rows, self.pooling.mode))
-
-    def pad(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Adds special tokens and right-pads into (input_ids, attention_mask) int64 tensors."""
-        input_ids, attention_mask = self.pad_arrays(batch)
-        return torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
-
-    def pad_arrays(self, batch: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """`pad` as int64 numpy arrays."""
-        extra = len(self.prefix) + len(self.suffix)
-        width = max(len(ids) for ids in batch) + extra
-        input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((len(batch), width), dtype=np.int64)
-        for row, ids in enumerate(batch):
-            full = [*self.prefix, *ids, *self.suffix]
-            input_ids[row, : len(full)] = full
-            attention_mask[row, : len(full)] = 1
-        return input_ids, attention_mask
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> np.ndarray:
-        """Vectors of a padded batch through transformers' own forward pass."""
-        with torch.inference_mode():
-            input_ids = input_ids.to(self.device, non_blocking=True)
-            attention_mask = attention_mask.to(self.device, non_blocking=True)
-            kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-            if self._takes_token_types:
-                kwargs["token_type_ids"] = torch.zeros_like(input_ids)
-            hidden = self.model(**kwargs).last_hidden_state.float()
-            if self.pooling.mode == "cls":
-                pooled = hidden[:, 0]
-            else:
-                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            return self._finish(pooled)
-
-    def _finish(self, pooled: torch.Tensor) -> np.ndarray:
-        """float32 numpy vectors of pooled float32 tensors, normalised if the model says so."""
-        if self.pooling.normalize:
-            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=1)
-        return pooled.cpu().numpy()
+        return self.router(batch)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Vectors [n, dim] float32 of `texts`, truncated to the model's limit, in input order.
@@ -291,14 +232,55 @@ class EmbeddingModel:
         return out
 
 
-def _special_tokens_around(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-    """The ids the tokenizer puts before and after a single sequence."""
+def _pytorch_forward(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    framing: Framing,
+    pooling: PoolingConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    unpadded: bool,
+) -> Forward:
+    """The unpadded forward for a plain BERT encoder (unless `unpadded` is off), else
+    transformers' padded forward with the Linear layers lowered to `dtype`."""
+    if unpadded and is_plain_bert(model):
+        return TorchUnpadded(model, framing, pooling.mode, pooling.normalize, dtype, device)
+    if dtype != torch.float32:
+        lower_linear_precision(model, dtype)
+    token_types = "token_type_ids" in tokenizer.model_input_names
+    return TorchPadded(model, framing, pooling.mode, pooling.normalize, dtype, device, token_types)
+
+
+def _framing(tokenizer: PreTrainedTokenizerBase) -> Framing:
+    """The ids the tokenizer puts before and after a single sequence, and its padding id."""
     plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
     full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    pad_id = int(tokenizer.pad_token_id or 0)
     for start in range(len(full) - len(plain) + 1):
         if full[start : start + len(plain)] == plain:
-            return full[:start], full[start + len(plain) :]
+            return Framing(tuple(full[:start]), tuple(full[start + len(plain) :]), pad_id)
     raise ValueError("cannot locate the special tokens this tokenizer adds")
+
+
+def _tokenize(
+    tokenizer: PreTrainedTokenizerBase, fast: Any, texts: Sequence[str]
+) -> list[list[int]]:
+    """`EmbeddingModel.tokenize`, with `fast` the bare Rust tokenizer or None."""
+    if not texts:
+        return []
+    if fast is not None:
+        if len(texts) <= _SERIAL_ENCODE_MAX:  # encode_batch wakes a thread pool
+            return [fast.encode(text, add_special_tokens=False).ids for text in texts]
+        return [e.ids for e in fast.encode_batch(list(texts), add_special_tokens=False)]
+    encoded = tokenizer(
+        list(texts),
+        add_special_tokens=False,
+        truncation=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+        verbose=False,
+    )
+    return [list(ids) for ids in encoded["input_ids"]]
 
 
 # Up to this many texts are encoded one by one; more go through the parallel encode_batch.

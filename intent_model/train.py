@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from embed_service.adapter import AdapterConfig, file_sha256, weight_file, write_adapter
-from embed_service.unpadded import UnpaddedBatch
+from encoder.layout import UnpaddedBatch
+from encoder.unpadded import live_forward
 from intent_embed.logs import configure_logging
 from intent_model.cli import config_from_args, dataclass_parser
 from intent_model.config import TrainConfig, config_record, same_recipe
 from intent_model.data import base_model_dir
-from intent_model.forward import unpadded_forward
 from intent_model.gate import judge, leaveout_of, verdict_table
 from intent_model.interpolate import base_parameters, scale_tensors
 from intent_model.lora import LoRALinear, adapter_tensors, add_adapters, load_adapter_tensors
@@ -123,8 +123,8 @@ def _optimise(run: _Run) -> None:
     for step, batch in enumerate(batches):
         src = run.sources[batch.source]
         ids, labels, base = src.batch_inputs(batch.rows, batch.intents, cfg.names)
-        tokens = UnpaddedBatch.of(ids, embedder.prefix, embedder.suffix, embedder.device)
-        vectors = unpadded_forward(embedder.model, tokens, embedder.pooling.mode)
+        tokens = UnpaddedBatch.of(ids, embedder.framing, embedder.device)
+        vectors = live_forward(embedder.model, tokens, embedder.pooling.mode)
         label_ids = torch.tensor(labels, device=embedder.device)
         base = base.to(embedder.device) if base is not None else None
         same = cfg.preserve_pairs == "all"

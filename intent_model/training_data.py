@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from embed_service.unpadded import UnpaddedBatch
+from encoder.layout import UnpaddedBatch
+from encoder.unpadded import live_forward
 from intent_model.config import TrainConfig
 from intent_model.data import (
     default_data_path,
@@ -22,7 +23,6 @@ from intent_model.data import (
     load_clinc,
     load_pretrain,
 )
-from intent_model.forward import unpadded_forward
 from intent_model.sampler import SourceSampler
 
 
@@ -61,10 +61,8 @@ def pooled(model: Any, embedder: Any, ids: list[list[int]], batch: int = 256) ->
     out = torch.empty(len(ids), model.config.hidden_size)
     for start in range(0, len(order), batch):
         chunk = order[start : start + batch]
-        tokens = UnpaddedBatch.of(
-            [ids[i] for i in chunk], embedder.prefix, embedder.suffix, embedder.device
-        )
-        out[chunk] = unpadded_forward(model, tokens, embedder.pooling.mode).float().cpu()
+        tokens = UnpaddedBatch.of([ids[i] for i in chunk], embedder.framing, embedder.device)
+        out[chunk] = live_forward(model, tokens, embedder.pooling.mode).float().cpu()
     model.train(was_training)
     return out
 

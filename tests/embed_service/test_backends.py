@@ -14,6 +14,8 @@ import torch
 
 import embed_service.backends as backends
 from embed_service.model import EmbeddingModel
+from encoder.forward import Forward
+from encoder.onnx_runtime import OnnxRuntime
 from tests.support.clinc150 import CLINC150, clinc_test_texts
 
 TEXTS = ["ok", "set an alarm for seven tomorrow morning", "what is my balance", "a " * 60]
@@ -86,8 +88,8 @@ def test_auto_keeps_onnx_only_where_measured_faster_and_equal(
     agree: bool,
     chosen: str,
 ) -> None:
-    def seconds(model: EmbeddingModel, batches: list[list[list[int]]]) -> float:
-        return onnx_s if model.onnx is not None else torch_s
+    def seconds(forward: Forward, batches: list[list[list[int]]]) -> float:
+        return onnx_s if forward.name == "onnxruntime" else torch_s
 
     monkeypatch.setattr(backends, "_seconds", seconds)
     if not agree:
@@ -119,23 +121,24 @@ def test_onnx_runs_batches_up_to_the_size_where_it_stops_winning(
 def test_auto_splits_batches_by_size_where_each_forward_wins(
     tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def seconds(model: EmbeddingModel, batches: list[list[list[int]]]) -> float:
+    def seconds(forward: Forward, batches: list[list[list[int]]]) -> float:
         rows = len(batches[0])  # ONNX Runtime wins on small batches, PyTorch on 64 rows
-        return rows * (1.0 if model.onnx is None else (0.5 if rows < 64 else 2.0))
+        return rows * (1.0 if forward.name != "onnxruntime" else (0.5 if rows < 64 else 2.0))
 
     monkeypatch.setattr(backends, "_seconds", seconds)
     model = EmbeddingModel.from_directory(tiny_model_dir, device="cpu", backend="auto")
     assert model.backend == "onnxruntime<=32+torch-unpadded"
-    assert model.onnx is not None and model.onnx_max_rows == 32
+    onnx = model.router.small
+    assert isinstance(onnx, OnnxRuntime) and model.router.small_max_rows == 32
     calls: list[int] = []
-    session = model.onnx.session
+    session = onnx.session
 
     class Counting:
         def run(self, names: Any, feeds: dict[str, np.ndarray]) -> Any:
             calls.append(len(feeds["input_ids"]))
             return session.run(names, feeds)
 
-    monkeypatch.setattr(model.onnx, "session", Counting())
+    monkeypatch.setattr(onnx, "session", Counting())
     small, large = model.tokenize(TEXTS[:2]) * 16, model.tokenize(TEXTS[:2]) * 17
     np.testing.assert_allclose(model.embed_ids(large)[:32], model.embed_ids(small), atol=1e-4)
     assert calls == [32]  # 34 rows ran on PyTorch, 32 on ONNX Runtime
@@ -165,7 +168,7 @@ def test_explicit_choices_are_kept_or_refused(tiny_model_dir: Path, tmp_path: Pa
 def test_auto_makes_the_same_choice_at_every_start_on_this_machine(minilm_dir: Path) -> None:
     """Three starts, three probes of the real model: one answer (which one is this CPU's)."""
     chosen = {
-        (model.backend, model.onnx_max_rows)
+        model.backend
         for model in (
             EmbeddingModel.from_directory(minilm_dir, device="cpu", backend="auto")
             for _ in range(3)

@@ -13,6 +13,7 @@ import torch
 
 from embed_service.model import EmbeddingModel
 from embed_service.precision import cpu_has_native_bf16, resolve_dtype
+from encoder.layout import padded
 from tests.support.clinc150 import clinc_test_texts
 
 
@@ -79,12 +80,12 @@ def test_cls_pooling_without_normalize_is_read_from_the_directory(
         json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
     )
     (target / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 20}))
-    model = EmbeddingModel.from_directory(target, device="cpu", dtype="float32")
+    model = EmbeddingModel.from_directory(target, device="cpu", dtype="float32", backend="torch")
     assert (model.pooling.mode, model.pooling.normalize) == ("cls", False)
-    assert model.unpadded is not None  # the unpadded path pools the first token too
+    assert model.backend == "torch-unpadded"  # the unpadded path pools the first token too
     assert model.max_input_tokens == 18
     texts = ["hello world", "another one"]
-    ids, mask = model.pad(model.tokenize(texts))
+    ids, mask = (torch.from_numpy(a) for a in padded(model.tokenize(texts), model.framing))
     with torch.inference_mode():
         hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
     np.testing.assert_allclose(model.encode(texts), hidden[:, 0].numpy(), atol=1e-5)

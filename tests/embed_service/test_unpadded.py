@@ -10,17 +10,21 @@ import numpy as np
 import torch
 
 from embed_service.model import EmbeddingModel
+from encoder.torch_padded import TorchPadded
 from tests.support.clinc150 import clinc_test_texts
 
 
 def _padded(model: EmbeddingModel, ids: list[list[int]]) -> np.ndarray:
-    return model.forward(*model.pad(ids))
+    """transformers' padded forward of the same float32 module."""
+    padded = TorchPadded(model.model, model.framing, model.pooling.mode, model.pooling.normalize,
+                         torch.float32, model.device, token_types=True)  # fmt: skip
+    return padded(ids)
 
 
 def test_unpadded_path_equals_the_padded_forward_on_a_mixed_batch(
     minilm_fp32: EmbeddingModel,
 ) -> None:
-    assert minilm_fp32.unpadded is not None
+    assert minilm_fp32.backend == "torch-unpadded"
     texts = ["ok", *clinc_test_texts(every=300), "a " * 400, "what is my balance"]
     ids = [t[: minilm_fp32.max_input_tokens] for t in minilm_fp32.tokenize(texts)]
     assert len({len(t) for t in ids}) > 5  # lengths from 1 to the model's limit, one batch
@@ -47,16 +51,18 @@ def test_an_architecture_the_unpadded_path_does_not_cover_runs_padded(
     RobertaModel(config).eval().save_pretrained(target)
     for dtype in ("float32", "bfloat16"):
         model = EmbeddingModel.from_directory(target, device="cpu", dtype=dtype)
-        assert model.unpadded is None
+        assert model.backend == "torch-padded"
         vectors = model.encode(["hello world", "set an alarm for seven"])
         assert vectors.shape == (2, 32)
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
 def test_padded_forward_can_be_chosen(tiny_model_dir: Path) -> None:
-    padded = EmbeddingModel.from_directory(tiny_model_dir, device="cpu", unpadded=False)
-    unpadded = EmbeddingModel.from_directory(tiny_model_dir, device="cpu")
-    assert padded.unpadded is None and unpadded.unpadded is not None
+    padded = EmbeddingModel.from_directory(
+        tiny_model_dir, device="cpu", unpadded=False, backend="torch"
+    )
+    unpadded = EmbeddingModel.from_directory(tiny_model_dir, device="cpu", backend="torch")
+    assert (padded.backend, unpadded.backend) == ("torch-padded", "torch-unpadded")
     texts = ["hello world", "set an alarm for seven tomorrow morning"]
     # Different kernels, different float32 summation order (1.8e-5 seen on an AVX512 EPYC).
     np.testing.assert_allclose(padded.encode(texts), unpadded.encode(texts), atol=1e-4)

@@ -112,8 +112,8 @@ def test_the_served_forwards_keep_the_shipped_model_at_float32_quality(
 ) -> None:
     """The reduced-precision and ONNX Runtime forwards the service may choose keep the shipped
     model's vectors where the base's are kept (every third CLINC150 test text)."""
-    from embed_service.onnx_forward import onnxruntime_available
     from embed_service.precision import cpu_has_native_bf16
+    from encoder.onnx_runtime import onnxruntime_available
 
     if dtype == "bfloat16" and not cpu_has_native_bf16():
         pytest.skip("this CPU has no native bf16: the service stays float32")

@@ -12,8 +12,8 @@ import torch
 
 from embed_service.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig, write_adapter
 from embed_service.model import EmbeddingModel
-from embed_service.unpadded import UnpaddedBatch
-from intent_model.forward import unpadded_forward
+from encoder.layout import UnpaddedBatch
+from encoder.unpadded import live_forward
 from intent_model.lora import LoRALinear, adapter_tensors, add_adapters
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
@@ -69,8 +69,8 @@ def test_adapter_vectors_equal_the_training_time_encoder(
     model.eval()
     ids = embedder.tokenize(TEXTS)
     with torch.no_grad():
-        tokens = UnpaddedBatch.of(ids, embedder.prefix, embedder.suffix, embedder.device)
-        trained = torch.nn.functional.normalize(unpadded_forward(model, tokens, "mean"), dim=1)
+        tokens = UnpaddedBatch.of(ids, embedder.framing, embedder.device)
+        trained = torch.nn.functional.normalize(live_forward(model, tokens, "mean"), dim=1)
     config = AdapterConfig(base_package=None, base_path=str(tiny_model_dir),
                            base_sha256=_sha(tiny_model_dir), rank=4)  # fmt: skip
     write_adapter(tmp_path, config, adapter_tensors(model))

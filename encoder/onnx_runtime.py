@@ -1,14 +1,14 @@
 """The forward pass through ONNX Runtime, for BERT encoders on a CPU.
 
-At load the float32 model (adapter already merged) is exported to ONNX with eager attention, so
-ONNX Runtime's transformer optimizer can fuse each block's attention, bias + GELU and residual +
-LayerNorm into single kernels; pooling is part of the graph. What it saves over the PyTorch
-forward is per-operator overhead and memory traffic, which is most of a short query's cost on a
-CPU. Batches are padded to their longest input (the batcher groups inputs of similar length).
-Float32 throughout, so vectors equal the PyTorch forward's to rounding (cosine >= 0.99999).
+At construction the float32 model (adapter already merged) is exported to ONNX with eager
+attention, so ONNX Runtime's transformer optimizer can fuse each block's attention, bias + GELU
+and residual + LayerNorm into single kernels; pooling is part of the graph. What it saves over
+the PyTorch forward is per-operator overhead and memory traffic, which is most of a short
+query's cost on a CPU. Batches are padded to their longest input. Float32 throughout, so vectors
+equal the PyTorch forward's to rounding (cosine >= 0.99999).
 
-Whether it is used is decided per machine at load (`embed_service.backends`); it needs the
-optional packages `onnxruntime` and `onnx` (the `embed-cpu` extra) and is never used on a GPU.
+It needs the optional packages `onnxruntime` and `onnx` (the `embed-cpu` extra); whether a
+service uses it is decided at load (`embed_service.backends`).
 """
 
 from __future__ import annotations
@@ -17,11 +17,15 @@ import importlib.util
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from encoder.layout import Framing, padded
+from encoder.pooling import finish, pool_padded
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +51,7 @@ class _Pooled(torch.nn.Module):
             attention_mask=attention_mask,
             token_type_ids=torch.zeros_like(input_ids),
         ).last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]  # type: ignore[no-any-return]
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)  # type: ignore[no-any-return]
+        return pool_padded(hidden, attention_mask, self.pooling)
 
 
 def export(model: Any, pooling: str) -> bytes:
@@ -101,10 +102,13 @@ def _fused(stats: dict[str, int]) -> str:
     return ",".join(f"{name}:{count}" for name, count in sorted(stats.items()) if count)
 
 
-class OnnxForward:
-    """An ONNX Runtime session over the exported graph; call it with padded int64 arrays."""
+class OnnxRuntime:
+    """The `Forward` of an ONNX Runtime session over the exported graph."""
 
-    def __init__(self, graph: bytes, num_threads: int) -> None:
+    name = "onnxruntime"
+    dtype = "float32"
+
+    def __init__(self, graph: bytes, framing: Framing, normalize: bool, num_threads: int) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -113,12 +117,19 @@ class OnnxForward:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        self.framing = framing
+        self.normalize = normalize
 
     @classmethod
-    def of(cls, model: Any, pooling: str, num_threads: int) -> OnnxForward:
-        return cls(export(model, pooling), num_threads)
+    def of(
+        cls, model: Any, framing: Framing, pooling: str, normalize: bool, num_threads: int
+    ) -> OnnxRuntime:
+        """Exports `model` (a float32 BertModel; `encoder.unpadded.is_plain_bert`) and opens a
+        session on `num_threads` threads."""
+        return cls(export(model, pooling), framing, normalize, num_threads)
 
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Pooled float32 vectors [batch, hidden] (not normalised)."""
+    def __call__(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        input_ids, attention_mask = padded(batch, self.framing)
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        return self.session.run(None, feeds)[0]  # type: ignore[no-any-return]
+        pooled = self.session.run(None, feeds)[0]
+        return finish(torch.from_numpy(pooled), self.normalize)
