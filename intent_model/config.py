@@ -31,20 +31,24 @@ class TrainConfig:
         metadata={"help": "HINT3 directory, measured after training, never trained on "
                   "(default: ../shared/data/hint3)"},
     )  # fmt: skip
-    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
-    lr: float = field(default=5e-4, metadata={"help": "peak AdamW learning rate"})
-    rank: int = field(default=32, metadata={"help": "adapter rank"})
+    steps: int = field(default=500, metadata={"help": "optimizer steps"})
+    lr: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+    rank: int = field(default=16, metadata={"help": "adapter rank"})
     first_layer: int = field(
         default=0,
         metadata={"help": "lowest transformer block adapted; the blocks below stay the base's"},
     )
     alpha: float = field(
-        default=64.0, metadata={"help": "adapter scale numerator (scale alpha/rank)"}
+        default=32.0, metadata={"help": "adapter scale numerator (scale alpha/rank)"}
     )
     batch_intents: int = field(default=32, metadata={"help": "intents per batch (P)"})
     per_intent: int = field(default=4, metadata={"help": "utterances per intent (K)"})
     names: bool = field(default=True, metadata={"help": "add each intent's name as a positive"})
-    clinc_share: float = field(default=0.7, metadata={"help": "share of batches from CLINC150"})
+    clinc_share: float = field(
+        default=0.0,
+        metadata={"help": "share of batches from CLINC150, the rest from the pretraining set "
+                  "(0: CLINC150 is not trained on)"},
+    )  # fmt: skip
     intent_power: float = field(
         default=0.5, metadata={"help": "intent drawn with weight size**power within a source"}
     )
@@ -60,7 +64,7 @@ class TrainConfig:
         default=100.0, metadata={"help": "weight of the geometry-preserving term (0: off)"}
     )
     preserve_pairs: str = field(
-        default="cross",
+        default="all",
         metadata={"help": "pairs the preserving term holds: cross (different intents) | all"},
     )
     dims: list[int] = field(
@@ -83,7 +87,7 @@ class TrainConfig:
         default=0.2, metadata={"help": "share of pretraining intents left out (pretrain-intents)"}
     )
     delta_scale: float = field(
-        default=1.0,
+        default=0.6,
         metadata={
             "help": "share of the trained change kept in the written adapter: base + s x delta "
             "(intent_model.interpolate; 1: all of it)"
@@ -103,6 +107,10 @@ class TrainConfig:
     def validate(self) -> None:
         """Fails before training on a knob no run could use."""
         self.holdout_spec().validate()
+        if not 0.0 <= self.clinc_share <= 1.0:
+            raise ValueError(f"clinc_share must be in [0, 1], not {self.clinc_share}")
+        if self.holdout == "clinc150" and self.clinc_share >= 1.0:
+            raise ValueError("holdout clinc150 with clinc_share 1 leaves nothing to train on")
         if self.preserve_pairs not in ("cross", "all"):
             raise ValueError(f"preserve_pairs must be cross or all, not {self.preserve_pairs!r}")
         if not 0.0 < self.delta_scale <= 1.0:

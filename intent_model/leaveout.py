@@ -55,7 +55,7 @@ def run_check(model_dir: Path, check: str, work: Path) -> dict[str, Any]:
     adapter)."""
     recipe = recipe_of(model_dir)
     scale = float(recipe.pop("delta_scale", 1.0))
-    cfg = TrainConfig(out=work / check, holdout=check, evaluate=True, **recipe)
+    cfg = TrainConfig(out=work / check, holdout=check, evaluate=True, delta_scale=1.0, **recipe)
     if _trained_with(cfg):
         log.info("leaveout_reuse check=%s out=%s", check, cfg.out)
     else:

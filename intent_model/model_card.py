@@ -47,19 +47,31 @@ def _recipe(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
         f"- {cfg['steps']} steps of AdamW (peak learning rate {cfg['lr']}, {cfg['warmup']:.0%} "
         f"warm-up then linear decay, weight decay {cfg['weight_decay']}), seed {cfg['seed']}.",
         f"- Each batch: {cfg['batch_intents']} intents x {cfg['per_intent']} utterances from one "
-        f"source; CLINC150 for {cfg['clinc_share']:.0%} of batches, the pretraining set for the "
-        f"rest; intents drawn with weight size^{cfg['intent_power']}"
+        f"source; {_sources(cfg)}; intents drawn with weight size^{cfg['intent_power']}"
         + ("; each intent's name added as one more positive." if cfg["names"] else "."),
         *_hard_negatives(cfg),
         f"- Supervised contrastive loss (temperature {cfg['temperature']}) at the Matryoshka "
         f"widths {dims}, plus {cfg['preserve']:g} x the mean squared difference between the "
-        "in-batch cosine similarities of different-intent pairs under the model and under the "
-        f"frozen base (term {report['preserve_first']} -> {report['preserve_last']}).",
+        f"in-batch cosine similarities of {_pairs(cfg)} under the model and under the frozen "
+        f"base (term {report['preserve_first']} -> {report['preserve_last']}).",
         f"- At most {cfg['max_length']} tokens per utterance; dropout {cfg['dropout']}.",
         f"- {report['train_seconds']} s of training on `{report['device']}` "
         f"({report['threads']} threads, torch {report['torch']}); loss {report['first_loss']} -> "
         f"{report['last_loss']}.",
     ]
+
+
+def _sources(cfg: dict[str, Any]) -> str:
+    share = float(cfg["clinc_share"])
+    if share <= 0.0 or cfg.get("holdout") == "clinc150":
+        return "the pretraining set only (CLINC150 is not trained on)"
+    return f"CLINC150 for {share:.0%} of batches, the pretraining set for the rest"
+
+
+def _pairs(cfg: dict[str, Any]) -> str:
+    if cfg.get("preserve_pairs", "cross") == "all":
+        return "every pair of rows (same-intent pairs too)"
+    return "different-intent pairs"
 
 
 def _blocks(cfg: dict[str, Any]) -> str:
@@ -151,7 +163,7 @@ def _mean_row(results: dict[str, Any], suffix: str) -> str:
     return f"{base:.4f} | **{trained:.4f}** ({trained - base:+.4f})"
 
 
-def _few_shot(results: dict[str, Any]) -> list[str]:
+def _few_shot(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
     """The headline: centroid accuracy from k examples per intent, base against trained."""
     if not results or "hint3/sofmattress/5-shot" not in results.get("trained", {}):
         return []
@@ -161,7 +173,11 @@ def _few_shot(results: dict[str, Any]) -> list[str]:
         "",
         "Nearest-centroid accuracy from k examples per intent (drawn by seed, mean of seeds "
         "0-4), and from the whole train split. HINT3's domains were never trained on; "
-        "CLINC150's train split was.",
+        + (
+            "nor was CLINC150."
+            if "not trained on" in _sources(cfg)
+            else "CLINC150's train split was."
+        ),
         "",
         f"| benchmark | {head} | base all | trained all |",
         "|---|" + "---|" * (2 * len(SHOTS) + 2),
@@ -240,7 +256,7 @@ def render(directory: Path) -> str:
         f"Revision `{ModelSource.of(directory).revision}`: the content hash of base and adapter",
         "weights that the embed service's `Info` and the gateway's `GET /v2/models` report.",
         "",
-        *_few_shot(results),
+        *_few_shot(results, cfg),
         *_gate(results, leaveout),
         *_dimensions(results),
         *_data(report),

@@ -38,7 +38,7 @@ from intent_model.losses import intent_loss
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
 from intent_model.sampler import mixed_batches
-from intent_model.training_data import Source, load_sources, pooled, samplers
+from intent_model.training_data import Source, load_sources, pooled, samplers, source_shares
 
 __all__ = ["TrainConfig", "config_record", "main", "train"]
 
@@ -103,7 +103,7 @@ def _optimise(run: _Run) -> None:
     cfg, embedder = run.cfg, run.embedder
     rng = random.Random(cfg.seed)
     draw = samplers(cfg, run.sources, rng)
-    shares = {"clinc150": cfg.clinc_share, "pretrain": 1.0 - cfg.clinc_share}
+    shares = source_shares(cfg)
     trainable = [p for p in embedder.model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = int(cfg.warmup * cfg.steps)

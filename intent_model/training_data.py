@@ -86,14 +86,24 @@ def _base_vectors(
     return vectors
 
 
+def source_shares(cfg: TrainConfig) -> dict[str, float]:
+    """Each source's share of the batches (`clinc_share`, the rest the pretraining set)."""
+    return {"clinc150": cfg.clinc_share, "pretrain": 1.0 - cfg.clinc_share}
+
+
 def load_sources(cfg: TrainConfig, embedder: Any) -> dict[str, Source]:
-    """The sources the run's holdout leaves, tokenized and cut to `cfg.max_length`; with the
-    preserving term on, the base model's vectors of every utterance and name."""
+    """The sources the run's holdout leaves and its shares draw from (a source with share 0 is
+    not loaded, so the run is the one that held it out), tokenized and cut to
+    `cfg.max_length`; with the preserving term on, the base model's vectors of every utterance
+    and name."""
     clinc = load_clinc(cfg.clinc or default_data_path())["train"]
     pretrain = load_pretrain(cfg.pretrain or default_pretrain_path())["train"]
     limit = min(cfg.max_length, embedder.max_seq_length) - embedder.num_special_tokens
+    shares = source_shares(cfg)
     out = {}
     for name, split in cfg.holdout_spec().training_data(clinc, pretrain).items():
+        if shares[name] <= 0.0:
+            continue
         labels = sorted(set(split.labels))
         name_ids = embedder.tokenize([intent_name(label) for label in labels])
         src = Source(

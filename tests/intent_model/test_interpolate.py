@@ -21,7 +21,7 @@ def _config(tiny_model_dir: Path, tiny_clinc: Path, tiny_pretrain: Path, out: Pa
     settings: dict[str, object] = dict(
         out=out, base=tiny_model_dir, clinc=tiny_clinc, pretrain=tiny_pretrain, steps=2,
         lr=5e-2, batch_intents=2, per_intent=2, dims=[32], device="cpu", evaluate=False,
-        cache=None,
+        cache=None, clinc_share=0.5, delta_scale=1.0,
     )  # fmt: skip
     settings.update(kw)
     return TrainConfig(**settings)  # type: ignore[arg-type]

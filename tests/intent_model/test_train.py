@@ -28,6 +28,7 @@ def _config(
     settings: dict[str, object] = dict(
         out=out, base=tiny_model_dir, clinc=clinc, pretrain=pretrain, steps=3, lr=1e-2,
         batch_intents=2, per_intent=2, dims=[32, 16], device="cpu", evaluate=False, cache=None,
+        clinc_share=0.5, delta_scale=1.0,
     )  # fmt: skip
     settings.update(kw)
     return TrainConfig(**settings)  # type: ignore[arg-type]
