@@ -133,22 +133,19 @@ class EmbedServicer(embed_pb2_grpc.EmbedServiceServicer):
 def _response(
     vectors: np.ndarray, tokens: list[int], total: int, model: str, packed: bool
 ) -> embed_pb2.EmbedResponse:
-    if packed:
-        data = np.ascontiguousarray(vectors, dtype="<f4")
-        embeddings = [
-            embed_pb2.Embedding(packed=data[i].tobytes(), tokens=tokens[i])
-            for i in range(len(tokens))
-        ]
-    else:
-        embeddings = [
-            embed_pb2.Embedding(values=row, tokens=n)
-            for row, n in zip(vectors.tolist(), tokens, strict=True)
-        ]
-    return embed_pb2.EmbedResponse(
-        embeddings=embeddings,
-        usage=embed_pb2.Usage(prompt_tokens=total, total_tokens=total),
-        model=model,
+    response = embed_pb2.EmbedResponse(
+        usage=embed_pb2.Usage(prompt_tokens=total, total_tokens=total), model=model
     )
+    # Appending in place costs less than building each Embedding and copying it in: 256 rows
+    # 106 against 260 µs (docs/performance.md).
+    add = response.embeddings.add
+    if packed:
+        for row, n in zip(np.ascontiguousarray(vectors, dtype="<f4"), tokens, strict=True):
+            add(packed=row.tobytes(), tokens=n)
+    else:
+        for values, n in zip(vectors.tolist(), tokens, strict=True):
+            add(values=values, tokens=n)
+    return response
 
 
 class EmbedServer:
