@@ -82,6 +82,9 @@ def _prepare(cfg: TrainConfig) -> _Run:
     from embed_service.model import EmbeddingModel
 
     started = time.monotonic()
+    # Here, not only in main: a run started by leaveout must sum in the recipe's order too.
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
     embedder = EmbeddingModel.from_directory(
         cfg.base or base_model_dir(),
@@ -237,8 +240,6 @@ def main(argv: list[str] | None = None) -> int:
         "(never on CLINC150 val or test), then evaluate it against the base.",
     )
     cfg = config_from_args(TrainConfig, parser.parse_args(argv))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     cfg.validate()
     train(cfg)
     if cfg.evaluate:

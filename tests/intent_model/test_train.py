@@ -53,6 +53,19 @@ def test_tiny_training_writes_an_adapter_the_embed_service_loads(
     assert json.loads((out / "metrics.json").read_text())["config"]["steps"] == 3
 
 
+def test_a_run_started_in_process_trains_with_the_recipes_threads(
+    tiny_model_dir: Path, tiny_clinc: Path, tiny_pretrain: Path, tmp_path: Path
+) -> None:
+    """As `python -m intent_model.leaveout` starts it: without train's command line."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        report = train(_config(tiny_model_dir, tiny_clinc, tiny_pretrain, tmp_path, threads=1))
+    finally:
+        torch.set_num_threads(before)
+    assert report["threads"] == 1
+
+
 def test_adapter_vectors_equal_the_training_time_encoder(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
