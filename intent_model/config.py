@@ -59,7 +59,7 @@ class TrainConfig:
     neighbourhood: int = field(
         default=4, metadata={"help": "intents per neighbourhood (an intent and its nearest)"}
     )
-    temperature: float = field(default=0.05, metadata={"help": "contrastive temperature"})
+    temperature: float = field(default=0.1, metadata={"help": "contrastive temperature"})
     preserve: float = field(
         default=100.0, metadata={"help": "weight of the geometry-preserving term (0: off)"}
     )
@@ -87,7 +87,7 @@ class TrainConfig:
         default=0.2, metadata={"help": "share of pretraining intents left out (pretrain-intents)"}
     )
     delta_scale: float = field(
-        default=0.6,
+        default=0.8,
         metadata={
             "help": "share of the trained change kept in the written adapter: base + s x delta "
             "(intent_model.interpolate; 1: all of it)"
