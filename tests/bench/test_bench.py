@@ -100,6 +100,34 @@ def test_noop_forward_is_one_fresh_unit_vector_per_input() -> None:
     assert float(second[0, 0]) == pytest.approx(0.25)
 
 
+def test_profile_records_a_flame_graph_of_a_busy_process_while_the_load_runs(
+    tmp_path: Path,
+) -> None:
+    import sys
+    import time
+
+    from bench.profiles import record
+
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "def spin():\n    while True:\n        sum(range(1000))\nspin()"]
+    )
+    try:
+        ran = []
+
+        def load() -> loadgen.Load:
+            time.sleep(1.5)
+            ran.append(True)
+            return loadgen.Load("x", 1.0, 1.0, 1.0, 1, "0", 0.0)
+
+        svg = tmp_path / "busy.svg"
+        assert record(busy.pid, svg, 1, load).name == "x" and ran
+    finally:
+        busy.kill()
+        busy.wait()
+    picture = svg.read_text()
+    assert picture.startswith("<?xml") and "spin" in picture
+
+
 def test_node_ceiling_from_cpu_per_call() -> None:
     from bench.ceiling import NodeCeiling
 
