@@ -96,17 +96,23 @@ def _us(load: Load) -> float:
     return 1000 * (load.server_cpu_ms or 0.0)
 
 
-def _embed_rows(report: Any, address: str, pid: int, query: str) -> dict[str, Load]:
+def call_frames(queries: list[str]) -> tuple[bytes, bytes]:
+    """The gRPC bodies the section sends: one query, and BULK_INPUTS queries (cycled)."""
+
+    def frame(inputs: list[str]) -> bytes:
+        return grpc_frame(embed_pb2.EmbedRequest(inputs=inputs, packed=True, org_id=BENCH_ORG))
+
+    return frame(queries[:1]), frame([queries[i % len(queries)] for i in range(BULK_INPUTS)])
+
+
+def _embed_rows(report: Any, address: str, pid: int) -> dict[str, Load]:
     rows: dict[str, Load] = {}
-    single = grpc_frame(embed_pb2.EmbedRequest(inputs=[query], packed=True, org_id=BENCH_ORG))
+    single, bulk = call_frames(short_queries())
     h2load(address, single, 4, 1, pid)  # warm-up
     for c in CONCURRENCY:
         load = h2load(address, single, c, SECONDS, pid)
         rows[f"C={c}"] = load
         report.line(f"  {load.line()}  = {_us(load):.0f} µs CPU/call")
-    queries = short_queries()
-    bulk_inputs = [queries[i % len(queries)] for i in range(BULK_INPUTS)]
-    bulk = grpc_frame(embed_pb2.EmbedRequest(inputs=bulk_inputs, packed=True, org_id=BENCH_ORG))
     load = h2load(address, bulk, BULK_CONCURRENCY, SECONDS, pid)
     load.name = f"gRPC {BULK_INPUTS} inputs C={BULK_CONCURRENCY}"
     rows["bulk"] = load
@@ -139,7 +145,6 @@ def run(report: Any) -> None:
     if not ensure_tool("h2load") or not ensure_tool("wrk"):
         report.line("h2load or wrk is missing and could not be installed: section skipped")
         return
-    query = short_queries()[0]
     report.line(f"{os.cpu_count()} CPUs; forward pass replaced by fixed vectors "
                 "(bench.noop_embed); usage recorded to an in-process metering")  # fmt: skip
     gateway_port = free_port()
@@ -148,7 +153,7 @@ def run(report: Any) -> None:
         noop_embed(metering.server.address) as (embed_addr, embed_pid),
     ):
         report.line("embed service, gRPC, one query per call unless said:")
-        grpc_rows = _embed_rows(report, embed_addr, embed_pid, query)
+        grpc_rows = _embed_rows(report, embed_addr, embed_pid)
         report.line("gateway in front of it, REST:")
         with gateway_process(gateway_port, embed_addr, metering.server.address) as gateway_pid:
             url = f"http://127.0.0.1:{gateway_port}/v2/embeddings"

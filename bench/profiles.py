@@ -23,12 +23,11 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.ceiling import BENCH_ORG, BULK_CONCURRENCY, BULK_INPUTS, noop_embed
+from bench.ceiling import BULK_CONCURRENCY, call_frames, noop_embed
 from bench.embed import short_queries
-from bench.loadgen import Load, ensure_tool, grpc_frame, h2load, wrk, wrk_script
+from bench.loadgen import Load, ensure_tool, h2load, wrk, wrk_script
 from bench.rest import BENCH_KEY, bench_metering, gateway_process
 from devstack.probes import free_port
-from intent_embed.v1 import embed_pb2
 
 
 def _py_spy() -> str:
@@ -70,13 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("h2load or wrk is missing and could not be installed")
     args.out.mkdir(parents=True, exist_ok=True)
     queries = short_queries()
-    single = grpc_frame(embed_pb2.EmbedRequest(inputs=[queries[0]], packed=True, org_id=BENCH_ORG))
-    bulk = grpc_frame(
-        embed_pb2.EmbedRequest(
-            inputs=[queries[i % len(queries)] for i in range(BULK_INPUTS)],
-            packed=True, org_id=BENCH_ORG,
-        )
-    )  # fmt: skip
+    single, bulk = call_frames(queries)
     seconds = args.seconds
 
     def picture(pid: int, name: str, load: Callable[[], Load]) -> None:

@@ -136,8 +136,8 @@ def _response(
     response = embed_pb2.EmbedResponse(
         usage=embed_pb2.Usage(prompt_tokens=total, total_tokens=total), model=model
     )
-    # Appending in place costs less than building each Embedding and copying it in: 256 rows
-    # 106 against 260 µs (docs/performance.md).
+    # Appending in place costs less than building each Embedding and copying the list in
+    # (docs/performance.md).
     add = response.embeddings.add
     if packed:
         for row, n in zip(np.ascontiguousarray(vectors, dtype="<f4"), tokens, strict=True):

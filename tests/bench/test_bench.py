@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +105,6 @@ def test_noop_forward_is_one_fresh_unit_vector_per_input() -> None:
 def test_profile_records_a_flame_graph_of_a_busy_process_while_the_load_runs(
     tmp_path: Path,
 ) -> None:
-    import sys
-    import time
-
     from bench.profiles import record
 
     busy = subprocess.Popen(
