@@ -1,5 +1,5 @@
-"""Calls and their latency by method and status, for every gRPC service alike: the server
-interceptor `GrpcServer` installs when it is given a Prometheus registry.
+"""Calls and their latency by method and status, for every gRPC service alike: counted by the
+call interceptor `GrpcServer` installs, when it is given a Prometheus registry.
 
 ``grpc_server_handled_total{grpc_service, grpc_method, grpc_code}`` counts answered calls and
 ``grpc_server_handling_seconds{grpc_service, grpc_method}`` times them, under the names the
@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from intent_embed.server_calls import is_probe, wrapped_unary
+from intent_embed.drain import Drain
+from intent_embed.server_calls import UnaryBehaviour
 
 _BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class CallMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class CallMetrics:
     """Counts and times every unary call of the service by method and status code."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -41,22 +41,23 @@ class CallMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             registry=registry,
         )
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None or is_probe(details.method):
-            return handler
-        service, _, method = details.method.lstrip("/").rpartition("/")
-        inner = handler.unary_unary
-        timer = self.seconds.labels(service, method)
+    def wrap(self, inner: UnaryBehaviour, method: str, drain: Drain) -> UnaryBehaviour:
+        """`inner` (the unary method `method`, ``/package.Service/Method``) counted by code and
+        timed, and under `drain` (refused while draining, counted in flight) in the same
+        coroutine: `Drain.wrap` with the metrics, without a second layer."""
+        service, _, name = method.lstrip("/").rpartition("/")
+        timer = self.seconds.labels(service, name)
+        handled = self.handled
 
         async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
+            entered = False
             try:
+                if drain.draining:
+                    await drain.refuse(context)
+                drain.enter()
+                entered = True
                 reply = await inner(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return reply
@@ -67,7 +68,9 @@ class CallMetrics(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                self.handled.labels(service, method, code.name).inc()
+                if entered:
+                    drain.leave()
+                handled.labels(service, name, code.name).inc()
                 timer.observe(time.perf_counter() - started)
 
-        return wrapped_unary(handler, behaviour)
+        return behaviour

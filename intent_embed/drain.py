@@ -1,7 +1,7 @@
-"""Refusing calls while a server drains: the interceptor every `GrpcServer` runs first.
+"""Refusing calls while a server drains: the state `GrpcServer`'s call interceptor checks first.
 
-It counts the service's calls in flight and, once the server is draining, answers every new
-call `UNAVAILABLE` with the reason ``DRAINING`` before the servicer sees it. Clients retry
+It counts the service's calls in flight and, once the server is draining, has every new call
+answered `UNAVAILABLE` with the reason ``DRAINING`` before the servicer sees it. Clients retry
 UNAVAILABLE (the channels' retryPolicy, the sidecar's forwarder), never CANCELLED, which is what
 grpc answers a call that races its own shutdown; so the server keeps its port open, refusing,
 until the counted calls are done. Health checks and reflection pass untouched and uncounted:
@@ -11,21 +11,21 @@ a draining server must still say NOT_SERVING to whoever asks.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from intent_embed.rich_status import DRAINING, status_with_details
-from intent_embed.server_calls import is_probe, refusal, wrapped_unary
+from intent_embed.server_calls import UnaryBehaviour
 
 DRAINING_MESSAGE = "this server is shutting down; retry the call"
 _DRAINING = status_with_details(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE, reason=DRAINING)
 
 
-class DrainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Counts unary calls in flight; after `start_draining`, refuses new ones UNAVAILABLE."""
+class Drain:
+    """Counts unary calls in flight; after `start_draining`, new ones are refused UNAVAILABLE.
+    `wrap` (or `CallMetrics.wrap`) applies both to a method."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.draining = False
@@ -52,42 +52,36 @@ class DrainInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         """Returns once no counted call is in flight."""
         await self._idle.wait()
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or is_probe(details.method):
-            return handler
-        if handler.unary_unary is None:
-            return handler  # no streaming method in this project's services; left uncounted
-        if self.draining:
-            return refusal(_DRAINING, self._count_refused)
-        inner = handler.unary_unary
-
-        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            self._enter()
-            try:
-                return await inner(request, context)
-            finally:
-                self._leave()
-
-        return wrapped_unary(handler, behaviour)
-
-    def _count_refused(self) -> None:
+    async def refuse(self, context: grpc.aio.ServicerContext) -> NoReturn:
+        """Ends a call that arrived while draining: UNAVAILABLE, reason DRAINING, counted."""
         if self._refused is not None:
             self._refused.inc()
+        await context.abort_with_status(_DRAINING)
+        raise AssertionError("abort_with_status always raises")
 
-    def _enter(self) -> None:
+    def enter(self) -> None:
         self.in_flight += 1
         self._idle.clear()
         if self._gauge is not None:
             self._gauge.inc()
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
         self.in_flight -= 1
         if self.in_flight == 0:
             self._idle.set()
         if self._gauge is not None:
             self._gauge.dec()
+
+    def wrap(self, inner: UnaryBehaviour) -> UnaryBehaviour:
+        """`inner` counted in flight while it runs, refused while draining."""
+
+        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.draining:
+                await self.refuse(context)
+            self.enter()
+            try:
+                return await inner(request, context)
+            finally:
+                self.leave()
+
+        return behaviour

@@ -3,7 +3,7 @@
 `GrpcServer` registers the standard health service (``""`` and the service's own name) and
 reflection next to the service, binds the port (0 picks a free one) and reports NOT_SERVING
 until the owner says it is ready; `stop` turns health NOT_SERVING, then keeps the port open
-while its `DrainInterceptor` answers new calls UNAVAILABLE (which clients retry elsewhere)
+while its `Drain` answers new calls UNAVAILABLE (which clients retry elsewhere)
 until the calls in flight are done and a short quiet period has passed, and only then stops
 grpc, so that no call gets the transport's CANCELLED. `abort` ends a call with a status and
 its rich details (the field to fix, a reason clients branch on); `until_signalled` waits for
@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -26,8 +26,9 @@ from prometheus_client import CollectorRegistry
 
 from intent_embed import tracing
 from intent_embed.call_metrics import CallMetrics
-from intent_embed.drain import DrainInterceptor
+from intent_embed.drain import Drain
 from intent_embed.rich_status import status_with_details
+from intent_embed.server_calls import is_probe, wrapped_unary
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -42,7 +43,7 @@ QUIET_S = 1.0
 class GrpcServer:
     """A grpc.aio server with one service, health and reflection, bound to `address`;
     `interceptors` run in order around every call, health and reflection included, after the
-    tracing interceptor (when tracing is on), the drain interceptor and the call metrics;
+    tracing interceptor (when tracing is on) and the call interceptor (drain, call metrics);
     `registry` gets the drain's in-flight gauge and refused-while-draining counter and the
     calls by method and code (`intent_embed.call_metrics`)."""
 
@@ -56,13 +57,20 @@ class GrpcServer:
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.service_name = service_name
-        self.drain = DrainInterceptor(registry)
-        counted = [CallMetrics(registry)] if registry is not None else []
-        self.server = grpc.aio.server(
-            options=list(options),
-            interceptors=[*tracing.server_interceptors(), self.drain, *counted, *interceptors],
-        )
-        register(self.server)
+        self.drain = Drain(registry)
+        calls = _Calls(self.drain, CallMetrics(registry) if registry is not None else None)
+        traced = tracing.server_interceptors()
+        if traced or interceptors:
+            self.server = grpc.aio.server(
+                options=list(options), interceptors=[*traced, calls, *interceptors]
+            )
+            register(self.server)
+        else:
+            # No interceptor at all: grpc.aio then finds handlers without its interceptor
+            # pipeline, which costs more per call than what the drain and the metrics do
+            # (docs/performance.md); so they are wrapped into the handlers once, here.
+            self.server = grpc.aio.server(options=list(options))
+            register(cast(grpc.aio.Server, _WrappingRegistrar(self.server, calls)))
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
@@ -100,6 +108,75 @@ class GrpcServer:
     async def _set_health(self, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
         for name in ("", self.service_name):
             await self.health.set(name, status)
+
+
+class _Calls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The drain and the call metrics around each unary method of the service: one coroutine
+    per method (`CallMetrics.wrap`, or `Drain.wrap` without a registry), built the first time
+    and reused while the same handler comes back. Health and reflection pass untouched. Runs
+    as an interceptor when the server has others (it then sees what they return: a call that
+    the service-token check refuses is counted too), else wraps the handlers at registration
+    (`_WrappingRegistrar`)."""
+
+    def __init__(self, drain: Drain, metrics: CallMetrics | None) -> None:
+        self.drain = drain
+        self.metrics = metrics
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def handler_for(self, method: str, handler: Any) -> Any:
+        if handler is None or handler.unary_unary is None or is_probe(method):
+            return handler  # no streaming method in this project's services; left uncounted
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        inner = handler.unary_unary
+        if self.metrics is None:
+            behaviour = self.drain.wrap(inner)
+        else:
+            behaviour = self.metrics.wrap(inner, method, self.drain)
+        wrapped = wrapped_unary(handler, behaviour)
+        # One entry per method: a handler made per call (a refusal) replaces it, never adds.
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        return self.handler_for(details.method, await continuation(details))
+
+
+class _WrappingRegistrar:
+    """What a service's ``add_..._to_server`` registers on: the server, with every handler
+    passed through `_Calls` on the way in."""
+
+    def __init__(self, server: grpc.aio.Server, calls: _Calls) -> None:
+        self._server = server
+        self._calls = calls
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers([_WrappedGeneric(h, self._calls) for h in handlers])
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        wrap = self._calls.handler_for
+        self._server.add_registered_method_handlers(
+            service, {name: wrap(f"/{service}/{name}", h) for name, h in handlers.items()}
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
+    def __init__(self, inner: grpc.GenericRpcHandler, calls: _Calls) -> None:
+        self._inner = inner
+        self._calls = calls
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        return self._calls.handler_for(details.method, self._inner.service(details))
 
 
 async def abort(

@@ -1,6 +1,8 @@
-"""Every service's calls by method and code, and their latency, from the one interceptor in
-`GrpcServer`: an answer counts as OK, an abort under its code, an exception as UNKNOWN; health
-checks are not counted. The same families a dashboard reads for embed, metering and sidecar."""
+"""Every service's calls by method and code, and their latency, counted by `GrpcServer`: an
+answer counts as OK, an abort under its code, an exception as UNKNOWN; health checks are not
+counted. The same families a dashboard reads for embed, metering and sidecar. A server without
+other interceptors wraps its handlers at registration, one with them counts through an
+interceptor: both are tried."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from intent_embed.grpc_server import GrpcServer, abort
+from tests.intent_embed.passing import PASS_THROUGH, Passing
 
 SERVICE = "test.Counted"
 
@@ -26,9 +29,12 @@ async def _broken(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
 
 
 def _register(server: grpc.aio.Server) -> None:
+    """As generated code registers a service: a generic handler and the same methods again as
+    registered methods (which take precedence)."""
     behaviours = {"Ok": _ok, "Refused": _refused, "Broken": _broken}
     methods = {name: grpc.unary_unary_rpc_method_handler(f) for name, f in behaviours.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
+    server.add_registered_method_handlers(SERVICE, methods)
 
 
 def _handled(registry: CollectorRegistry, method: str, code: str) -> float:
@@ -39,9 +45,10 @@ def _handled(registry: CollectorRegistry, method: str, code: str) -> float:
     return value or 0.0
 
 
-async def test_calls_are_counted_by_method_and_code_and_timed() -> None:
+@PASS_THROUGH
+async def test_calls_are_counted_by_method_and_code_and_timed(others: list[Passing]) -> None:
     registry = CollectorRegistry()
-    server = GrpcServer(SERVICE, _register, "127.0.0.1:0", registry=registry)
+    server = GrpcServer(SERVICE, _register, "127.0.0.1:0", interceptors=others, registry=registry)
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
@@ -68,3 +75,4 @@ async def test_calls_are_counted_by_method_and_code_and_timed() -> None:
         {"grpc_service": "grpc.health.v1.Health", "grpc_method": "Check", "grpc_code": "OK"},
     )
     assert health is None
+    assert all(other.calls == 6 for other in others)  # 5 calls and the health check

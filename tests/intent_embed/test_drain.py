@@ -1,7 +1,8 @@
 """Every server drains the same way: once `GrpcServer.stop` begins, health says NOT_SERVING,
 a new call is answered UNAVAILABLE with the reason DRAINING (which clients retry; never
 CANCELLED), the calls already in flight finish with their answers, and the port closes once
-they are done. Tried on a bare service here; central metering (in-process), the embed service
+they are done. Tried on a bare service here, with and without another interceptor (the drain
+then runs as one, else inside the handlers); central metering (in-process), the embed service
 and the sidecar (as processes) in their own tests."""
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from intent_embed.grpc_server import GrpcServer
 from intent_embed.rich_status import DRAINING, details_of
+from tests.intent_embed.passing import Passing
 from tests.support.waiting import eventually
 
 SERVICE = "test.Slow"
@@ -41,10 +43,15 @@ class Slow:
         )
 
 
-@pytest.fixture
-async def running() -> AsyncIterator[tuple[GrpcServer, Slow, grpc.aio.Channel]]:
+@pytest.fixture(params=["wrapped", "intercepted"])
+async def running(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[GrpcServer, Slow, grpc.aio.Channel]]:
     slow = Slow()
-    server = GrpcServer(SERVICE, slow.register, "127.0.0.1:0", registry=CollectorRegistry())
+    others = [Passing()] if request.param == "intercepted" else []
+    server = GrpcServer(
+        SERVICE, slow.register, "127.0.0.1:0", interceptors=others, registry=CollectorRegistry()
+    )
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     yield server, slow, channel

@@ -252,7 +252,7 @@ def exported_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     from embed_service.metrics import EmbedMetrics
     from gateway.metrics import GatewayMetrics
     from intent_embed.call_metrics import CallMetrics
-    from intent_embed.drain import DrainInterceptor
+    from intent_embed.drain import Drain
     from metering.server import Metrics as MeteringMetrics
     from metering.sidecar.metrics import SidecarMetrics
     from metering.sidecar.spool import Spool
@@ -261,7 +261,7 @@ def exported_metrics(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]
     names: dict[str, str] = {}
     shared = CollectorRegistry()  # what every GrpcServer adds to its service's registry
     CallMetrics(shared)
-    DrainInterceptor(shared)
+    Drain(shared)
     for registry in (EmbedMetrics().registry, GatewayMetrics().registry,
                      MeteringMetrics().registry, SidecarMetrics(spool).registry, shared):
         names.update(metric_names(registry))
