@@ -13,6 +13,7 @@ allows, measured in every bench run so throughputs can be read as a fraction of 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,3 +109,27 @@ def machine_limits(model_dir: str, queries: list[str], dtypes: list[str]) -> dic
     flops = sum(shape.flops_per_query(n) for n in counts) / len(counts)
     mean_tokens = sum(counts) / len(counts)
     return {dtype: Limit(dtype, matmul_rate(shape, dtype), flops, mean_tokens) for dtype in dtypes}
+
+
+def _fixed_work() -> None:
+    """About a gateway call's worth of Python (0.3 ms on a 2-core EPYC): a dict to JSON."""
+    json.dumps({str(i): i for i in range(1000)})
+
+
+def wakeup_cost(idle_s: float = 0.003, repeats: int = 200) -> tuple[float, float]:
+    """Median CPU µs of the same piece of Python work run back to back, and run right after
+    `idle_s` asleep. One call at a time wakes every process on its path from idle (gateway,
+    the embed service's event loop, its forward thread); on a VM whose idle CPU loses its caches
+    and clock, each then runs its part slower than the back-to-back loops that time the raw
+    forward. The ratio says how much of the one-connection latency that is."""
+    medians = []
+    for sleep in (0.0, idle_s):
+        times = []
+        for _ in range(repeats):
+            if sleep:
+                time.sleep(sleep)
+            started = time.thread_time_ns()
+            _fixed_work()
+            times.append(time.thread_time_ns() - started)
+        medians.append(sorted(times)[repeats // 2] / 1000)
+    return medians[0], medians[1]

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 
 from bench.embed import baseline, embed_service, info, served_raw, service_line
+from bench.limits import wakeup_cost
 from bench.loadgen import Load, ensure_tool, grpc_frame, h2load, wrk, wrk_script
 from devstack.probes import free_port, http_ok, stop_process, wait_ready
 from intent_embed.v1 import embed_pb2, embed_pb2_grpc, metering_pb2
@@ -170,6 +171,10 @@ def run(report: Any) -> None:
         report.line(f"  REST c=64 / gRPC C=64 = {rows[64].per_s / grpc64.per_s:.2f}")
     report.line(f"  REST c=1 p50 {rows[1].p50_ms:.2f} ms vs raw batch-1 {ceiling.batch1_ms:.2f} ms"
                 f" (+{rows[1].p50_ms - ceiling.batch1_ms:.2f} ms; target <= +1 ms)")  # fmt: skip
+    hot, cold = wakeup_cost()
+    report.line(f"  idle wake-up on this machine: the same Python work {hot:.0f} µs back to back, "
+                f"{cold:.0f} µs right after 3 ms asleep (x{cold / hot:.2f}); one call at a time "
+                "wakes every process on its path")  # fmt: skip
     report.line(f"  c=256 errors: {rows[256].errors} (target: only 429 with Retry-After)")
 
 

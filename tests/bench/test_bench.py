@@ -141,3 +141,13 @@ def test_tracing_off_leaves_only_checks_that_cost_well_under_a_microsecond() -> 
 
     # A call costs hundreds of µs outside the model; the off path must stay far below that.
     assert 0 < _off_checks_ns() < 5_000
+
+
+def test_wakeup_cost_times_the_same_work_hot_and_after_a_sleep() -> None:
+    from bench.limits import wakeup_cost
+
+    started = time.monotonic()
+    hot, cold = wakeup_cost(idle_s=0.002, repeats=20)
+    elapsed = time.monotonic() - started
+    assert 0 < hot < 100_000 and 0 < cold < 100_000
+    assert elapsed >= 20 * 0.002  # the second pass did sleep before each run
