@@ -112,7 +112,7 @@ def machine_limits(model_dir: str, queries: list[str], dtypes: list[str]) -> dic
 
 
 def _fixed_work() -> None:
-    """About a gateway call's worth of Python (0.3 ms on a 2-core EPYC): a dict to JSON."""
+    """Part of a gateway call's worth of Python (about 0.2 ms on a 2-core EPYC): a dict to JSON."""
     json.dumps({str(i): i for i in range(1000)})
 
 

@@ -1,5 +1,5 @@
-"""Calls and their latency by method and status, for every gRPC service alike: counted by the
-call interceptor `GrpcServer` installs, when it is given a Prometheus registry.
+"""Calls and their latency by method and status, for every gRPC service alike: counted around
+each method by `GrpcServer` (into its Prometheus registry, or a private one without it).
 
 ``grpc_server_handled_total{grpc_service, grpc_method, grpc_code}`` counts answered calls and
 ``grpc_server_handling_seconds{grpc_service, grpc_method}`` times them, under the names the
@@ -44,7 +44,7 @@ class CallMetrics:
     def wrap(self, inner: UnaryBehaviour, method: str, drain: Drain) -> UnaryBehaviour:
         """`inner` (the unary method `method`, ``/package.Service/Method``) counted by code and
         timed, and under `drain` (refused while draining, counted in flight) in the same
-        coroutine: `Drain.wrap` with the metrics, without a second layer."""
+        coroutine, so a call pays for one layer, not two."""
         service, _, name = method.lstrip("/").rpartition("/")
         timer = self.seconds.labels(service, name)
         handled = self.handled

@@ -1,4 +1,4 @@
-"""Refusing calls while a server drains: the state `GrpcServer`'s call interceptor checks first.
+"""Refusing calls while a server drains: what `GrpcServer` checks first on every call.
 
 It counts the service's calls in flight and, once the server is draining, has every new call
 answered `UNAVAILABLE` with the reason ``DRAINING`` before the servicer sees it. Clients retry
@@ -11,13 +11,12 @@ a draining server must still say NOT_SERVING to whoever asks.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from intent_embed.rich_status import DRAINING, status_with_details
-from intent_embed.server_calls import UnaryBehaviour
 
 DRAINING_MESSAGE = "this server is shutting down; retry the call"
 _DRAINING = status_with_details(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE, reason=DRAINING)
@@ -25,7 +24,7 @@ _DRAINING = status_with_details(grpc.StatusCode.UNAVAILABLE, DRAINING_MESSAGE, r
 
 class Drain:
     """Counts unary calls in flight; after `start_draining`, new ones are refused UNAVAILABLE.
-    `wrap` (or `CallMetrics.wrap`) applies both to a method."""
+    `CallMetrics.wrap` applies both to a method, in the coroutine that counts it."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.draining = False
@@ -71,17 +70,3 @@ class Drain:
             self._idle.set()
         if self._gauge is not None:
             self._gauge.dec()
-
-    def wrap(self, inner: UnaryBehaviour) -> UnaryBehaviour:
-        """`inner` counted in flight while it runs, refused while draining."""
-
-        async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if self.draining:
-                await self.refuse(context)
-            self.enter()
-            try:
-                return await inner(request, context)
-            finally:
-                self.leave()
-
-        return behaviour

@@ -58,7 +58,9 @@ class GrpcServer:
     ) -> None:
         self.service_name = service_name
         self.drain = Drain(registry)
-        calls = _Calls(self.drain, CallMetrics(registry) if registry is not None else None)
+        # Without a registry the calls are counted where nobody reads them: one code path.
+        counted = registry if registry is not None else CollectorRegistry()
+        calls = _Calls(self.drain, CallMetrics(counted))
         traced = tracing.server_interceptors()
         if traced or interceptors:
             self.server = grpc.aio.server(
@@ -112,13 +114,13 @@ class GrpcServer:
 
 class _Calls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The drain and the call metrics around each unary method of the service: one coroutine
-    per method (`CallMetrics.wrap`, or `Drain.wrap` without a registry), built the first time
+    per method (`CallMetrics.wrap`), built the first time
     and reused while the same handler comes back. Health and reflection pass untouched. Runs
     as an interceptor when the server has others (it then sees what they return: a call that
     the service-token check refuses is counted too), else wraps the handlers at registration
     (`_WrappingRegistrar`)."""
 
-    def __init__(self, drain: Drain, metrics: CallMetrics | None) -> None:
+    def __init__(self, drain: Drain, metrics: CallMetrics) -> None:
         self.drain = drain
         self.metrics = metrics
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -129,11 +131,7 @@ class _Calls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        inner = handler.unary_unary
-        if self.metrics is None:
-            behaviour = self.drain.wrap(inner)
-        else:
-            behaviour = self.metrics.wrap(inner, method, self.drain)
+        behaviour = self.metrics.wrap(handler.unary_unary, method, self.drain)
         wrapped = wrapped_unary(handler, behaviour)
         # One entry per method: a handler made per call (a refusal) replaces it, never adds.
         self._wrapped[method] = (handler, wrapped)
