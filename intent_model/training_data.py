@@ -5,6 +5,7 @@ intent's nearest intents for hard negatives, and the samplers that draw batches 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,10 @@ def _base_vectors(
         return torch.load(path)  # type: ignore[no-any-return]
     vectors = pooled(model, embedder, ids)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(vectors, path)
+    # Written aside and renamed: runs started together may compute the same file at once.
+    partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+    torch.save(vectors, partial)
+    os.replace(partial, path)
     return vectors
 
 
