@@ -67,6 +67,14 @@ class TrainConfig:
         default="all",
         metadata={"help": "pairs the preserving term holds: cross (different intents) | all"},
     )
+    views: float = field(
+        default=1.0,
+        metadata={"help": "weight of the unsupervised term: two dropout views of each of "
+                  "--view-rows pretraining utterances as positives, SimCSE style (0: off)"},
+    )  # fmt: skip
+    view_rows: int = field(
+        default=32, metadata={"help": "pretraining utterances per step for the views term"}
+    )
     dims: list[int] = field(
         default_factory=lambda: [384, 256, 128, 64],
         metadata={"help": "Matryoshka widths trained (the full width first)"},
@@ -113,6 +121,10 @@ class TrainConfig:
             raise ValueError("holdout clinc150 with clinc_share 1 leaves nothing to train on")
         if self.preserve_pairs not in ("cross", "all"):
             raise ValueError(f"preserve_pairs must be cross or all, not {self.preserve_pairs!r}")
+        if self.views < 0 or self.view_rows < 2:
+            raise ValueError("views must be >= 0 and view_rows >= 2")
+        if self.views > 0 and self.clinc_share >= 1.0:
+            raise ValueError("the views term draws from the pretraining set: clinc_share < 1")
         if not 0.0 < self.delta_scale <= 1.0:
             raise ValueError(f"delta_scale must be in (0, 1], not {self.delta_scale}")
 
@@ -124,10 +136,21 @@ class TrainConfig:
 NOT_RECIPE = frozenset({"out", "evaluate", "hint3", "threads", "cache"})
 
 
+# Knobs added after runs that do not record them, with what those runs did where that is not
+# the knob's default today: runs before the views term (on in the recipe since it was added)
+# trained without it.
+UNRECORDED: dict[str, Any] = {"views": 0.0}
+
+
+def complete_record(recorded: dict[str, Any]) -> dict[str, Any]:
+    """A metrics.json `config` with every knob: one a run does not record was added after it,
+    and the run did what `UNRECORDED` says, or else what the knob's default does."""
+    return config_record(TrainConfig()) | UNRECORDED | recorded
+
+
 def same_recipe(recorded: dict[str, Any], cfg: TrainConfig) -> bool:
-    """Whether a metrics.json `config` records `cfg`'s recipe. A knob a run does not record
-    was added after it, with a default that does what the run did."""
-    before = config_record(TrainConfig()) | recorded
+    """Whether a metrics.json `config` records `cfg`'s recipe."""
+    before = complete_record(recorded)
     wanted = config_record(cfg)
     return {k: v for k, v in before.items() if k not in NOT_RECIPE} == {
         k: v for k, v in wanted.items() if k not in NOT_RECIPE

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from intent_embed.logs import configure_logging
-from intent_model.config import TrainConfig, same_recipe
+from intent_model.config import TrainConfig, complete_record, same_recipe
 from intent_model.holdout import HOLDOUTS
 from intent_model.interpolate import recorded_scale, scale_adapter_dir
 from intent_model.model_card import write_model_card
@@ -32,7 +32,9 @@ CHECKS = tuple(h for h in HOLDOUTS if h != "none")
 
 def recipe_of(model_dir: Path) -> dict[str, Any]:
     """The TrainConfig fields a model was trained with, from its metrics.json."""
-    cfg = json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))["config"]
+    cfg = complete_record(
+        json.loads((model_dir / "metrics.json").read_text(encoding="utf-8"))["config"]
+    )
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     out: dict[str, Any] = {}
     for name, value in cfg.items():

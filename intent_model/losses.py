@@ -74,3 +74,19 @@ def intent_loss(
                 kept_full = kept.detach()
         total = total + loss
     return total / len(dims), kept_full
+
+
+def views_loss(pooled: torch.Tensor, temperature: float, dims: tuple[int, ...]) -> torch.Tensor:
+    """Contrastive loss of two views per utterance, pooled as rows [first views; second views]
+    of equal halves: each row's positive is its other view, every other row a negative. The
+    views differ by dropout only (SimCSE), so this needs no labels; averaged over `dims`."""
+    half = pooled.shape[0] // 2
+    if pooled.shape[0] != 2 * half or half < 2:
+        raise ValueError("views need an even number of rows, at least four")
+    label_ids = torch.arange(half, device=pooled.device).repeat(2)
+    total = pooled.new_zeros(())
+    for d in dims:
+        total = total + supervised_contrastive_loss(
+            F.normalize(pooled[:, :d], dim=1), label_ids, temperature
+        )
+    return total / len(dims)

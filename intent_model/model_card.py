@@ -54,10 +54,22 @@ def _recipe(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
         f"widths {dims}, plus {cfg['preserve']:g} x the mean squared difference between the "
         f"in-batch cosine similarities of {_pairs(cfg)} under the model and under the frozen "
         f"base (term {report['preserve_first']} -> {report['preserve_last']}).",
+        *_views(cfg),
         f"- At most {cfg['max_length']} tokens per utterance; dropout {cfg['dropout']}.",
         f"- {report['train_seconds']} s of training on `{report['device']}` "
         f"({report['threads']} threads, torch {report['torch']}); loss {report['first_loss']} -> "
         f"{report['last_loss']}.",
+    ]
+
+
+def _views(cfg: dict[str, Any]) -> list[str]:
+    weight = float(cfg.get("views", 0.0))  # runs that do not record it trained without it
+    if weight <= 0:
+        return []
+    return [
+        f"- Plus {weight:g} x the same contrastive loss over two dropout views of "
+        f"{cfg['view_rows']} pretraining utterances per step, drawn without their labels: each "
+        "view's only positive is the other (SimCSE)."
     ]
 
 

@@ -34,7 +34,7 @@ from intent_model.data import base_model_dir
 from intent_model.gate import judge, leaveout_of, verdict_table
 from intent_model.interpolate import base_parameters, scale_tensors
 from intent_model.lora import LoRALinear, adapter_tensors, add_adapters, load_adapter_tensors
-from intent_model.losses import intent_loss
+from intent_model.losses import intent_loss, views_loss
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
 from intent_model.sampler import mixed_batches
@@ -95,11 +95,32 @@ def _prepare(cfg: TrainConfig) -> _Run:
     )
     sources = load_sources(cfg, embedder)
     add_adapters(embedder.model, cfg.rank, cfg.alpha, cfg.dropout, cfg.first_layer)
-    embedder.model.eval()
-    for module in embedder.model.modules():
+    _serving_modes(embedder.model, cfg)
+    return _Run(cfg, embedder, sources, started)
+
+
+def _serving_modes(model: Any, cfg: TrainConfig) -> None:
+    """Dropout off as in serving, except the adapters' own input dropout (`cfg.dropout`)."""
+    model.eval()
+    for module in model.modules():
         if isinstance(module, LoRALinear):
             module.dropout.train(cfg.dropout > 0)
-    return _Run(cfg, embedder, sources, started)
+
+
+def _views_term(run: _Run, rng: random.Random, dims: tuple[int, ...]) -> torch.Tensor:
+    """`views_loss` of `cfg.view_rows` pretraining utterances drawn at random, each encoded
+    twice in one forward with the base's dropout on (the two copies get different masks)."""
+    cfg, embedder = run.cfg, run.embedder
+    pool = run.sources["pretrain"].ids
+    rows = rng.sample(range(len(pool)), min(cfg.view_rows, len(pool)))
+    ids = [pool[r] for r in rows]
+    tokens = UnpaddedBatch.of(ids + ids, embedder.framing, embedder.device)
+    embedder.model.train()
+    try:
+        vectors = live_forward(embedder.model, tokens, embedder.pooling.mode)
+    finally:
+        _serving_modes(embedder.model, cfg)
+    return views_loss(vectors, cfg.temperature, dims)
 
 
 def _optimise(run: _Run) -> None:
@@ -123,6 +144,8 @@ def _optimise(run: _Run) -> None:
         embedder.device,
     )
     batches = mixed_batches(draw, {k: shares[k] for k in draw}, cfg.batch_intents, cfg.steps, rng)
+    # Its own stream, so a run with the views term draws the same batches as one without.
+    view_rng = random.Random(f"views-{cfg.seed}")
     for step, batch in enumerate(batches):
         src = run.sources[batch.source]
         ids, labels, base = src.batch_inputs(batch.rows, batch.intents, cfg.names)
@@ -134,6 +157,8 @@ def _optimise(run: _Run) -> None:
         loss, kept = intent_loss(
             vectors, label_ids, base, cfg.temperature, cfg.preserve, dims, same
         )
+        if cfg.views > 0:
+            loss = loss + cfg.views * _views_term(run, view_rng, dims)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

@@ -4,17 +4,26 @@ config."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
 from intent_model.cli import config_from_args, dataclass_parser
+from intent_model.config import config_record, same_recipe
 from intent_model.data import Split, intent_name, intents_of
 from intent_model.holdout import Holdout
-from intent_model.losses import intent_loss, relational_preserve_loss, supervised_contrastive_loss
+from intent_model.leaveout import recipe_of
+from intent_model.losses import (
+    intent_loss,
+    relational_preserve_loss,
+    supervised_contrastive_loss,
+    views_loss,
+)
 from intent_model.sampler import SourceSampler, mixed_batches
 from intent_model.train import TrainConfig
 
@@ -109,6 +118,22 @@ def test_contrastive_loss_matches_hand_computation() -> None:
     assert float(swapped) > float(loss)  # pulling apart same-intent pairs costs more
 
 
+def test_views_loss_takes_each_rows_other_view_as_its_only_positive() -> None:
+    a, b = [1.0, 0.0], [0.0, 1.0]
+    # Rows [first views; second views]: each anchor's positive (cos 1) is its other view, the
+    # other utterance's two views (cos 0) its negatives, as in the hand computation above.
+    same = views_loss(torch.tensor([a, b, a, b]), temperature=1.0, dims=(2,))
+    assert float(same) == pytest.approx(math.log(math.e + 2) - 1, rel=1e-6)
+    crossed = views_loss(torch.tensor([a, b, b, a]), temperature=1.0, dims=(2,))
+    assert float(crossed) > float(same)  # views that moved apart cost more
+    # Each prefix renormalised and averaged, as for the supervised term.
+    both = views_loss(torch.tensor([[1.0, 0.0, 3.0], [0.0, 1.0, 0.0]] * 2), 1.0, (3, 2))
+    wide = views_loss(torch.tensor([[1.0, 0.0, 3.0], [0.0, 1.0, 0.0]] * 2), 1.0, (3,))
+    assert float(both) == pytest.approx((float(wide) + float(same)) / 2, rel=1e-6)
+    with pytest.raises(ValueError, match="even number"):
+        views_loss(torch.ones(5, 2), 1.0, (2,))
+
+
 def test_preserve_term_is_zero_for_the_base_geometry_and_grows_with_drift() -> None:
     gen = torch.Generator().manual_seed(0)
     base = torch.nn.functional.normalize(torch.randn(8, 16, generator=gen), dim=1)
@@ -171,3 +196,17 @@ def test_the_command_line_follows_the_config_fields() -> None:
     assert (cfg.steps, cfg.dims, cfg.names, cfg.holdout_domains) == (7, [384, 64], False,
                                                                       ["meta", "work"])  # fmt: skip
     assert config_from_args(TrainConfig, parser.parse_args([])) == TrainConfig()
+
+
+def test_a_record_without_a_later_knob_is_the_recipe_that_run_trained(tmp_path: Path) -> None:
+    """Runs from before the views term do not record it, and trained without it, although the
+    recipe has it on now: their leave-out checks are not the recipe's, and retraining one of
+    them (leaveout) trains it without the term."""
+    record = config_record(TrainConfig())
+    del record["views"], record["view_rows"]
+    assert not same_recipe(record, TrainConfig())
+    assert same_recipe(record, TrainConfig(views=0.0))
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": record}))
+    recipe = recipe_of(tmp_path)
+    assert (recipe["views"], recipe["view_rows"]) == (0.0, 32)
+    assert TrainConfig(**recipe) == TrainConfig(views=0.0, out=TrainConfig().out)

@@ -120,6 +120,7 @@ def test_evaluation_and_card_of_a_run_name_the_loaded_revision(
     assert "| clinc150/test | centroid | " in card and centroid in card
     assert "24 utterances of 4 intents" in card
     assert "## Few-shot: a new user's first intents" in card
+    assert "1 x the same contrastive loss over two dropout views of 32 pretraining" in card
     assert "| hint3/curekart | " in card
     assert "not gated: no cross-source run" in card  # no leave-out run of this recipe yet
 
@@ -184,3 +185,21 @@ def test_first_layer_keeps_the_lower_blocks_the_bases(
     assert changed == {"1"}  # the tiny model's second (last) block only
     card_cfg = json.loads((out / "metrics.json").read_text())["config"]
     assert card_cfg["first_layer"] == 1
+
+
+def test_views_term_changes_the_run_and_repeats_byte_for_byte(
+    tiny_model_dir: Path, tiny_clinc: Path, tiny_pretrain: Path, tmp_path: Path
+) -> None:
+    """Dropout views of pretraining utterances: a new term in the loss, drawn from its own
+    random stream and the seeded torch generator, so the run is still reproducible."""
+    weights = {}
+    for name, views in (("plain", 0.0), ("views", 1.0), ("again", 1.0)):
+        out = tmp_path / name
+        train(_config(tiny_model_dir, tiny_clinc, tiny_pretrain, out, views=views, view_rows=4,
+                      threads=1))  # fmt: skip
+        weights[name] = (out / ADAPTER_WEIGHTS).read_bytes()
+    assert weights["views"] != weights["plain"]
+    assert weights["views"] == weights["again"]
+    with pytest.raises(ValueError, match="pretraining set"):
+        _config(tiny_model_dir, tiny_clinc, tiny_pretrain, tmp_path, views=1.0,
+                clinc_share=1.0).validate()  # fmt: skip
