@@ -111,8 +111,12 @@ async def test_closed_loop_callers_are_waited_for_and_share_one_batch() -> None:
         await batcher.close()
     sizes = [size for size, _ in model.batches]
     assert sum(sizes) == 64
-    # A alone, then A and B together, then B's last request alone.
-    assert sizes == [4] + [8] * 7 + [4], sizes
+    # A alone, then A and B together, then B's last request alone: [4] + [8] * 7 + [4]. On a
+    # loaded machine A's answer can take longer to come back than the arrival gap the refill
+    # wait allows, so B's first request may run alone too ([4, 4] + [8] * 7); callers kept in
+    # turns would give sixteen batches of 4.
+    assert sizes[0] == 4, sizes
+    assert sizes.count(8) >= 6 and len(sizes) <= 10, sizes
 
 
 async def test_a_lone_caller_never_waits_and_absent_callers_are_not_waited_for_long(
