@@ -84,9 +84,5 @@ def views_loss(pooled: torch.Tensor, temperature: float, dims: tuple[int, ...]) 
     if pooled.shape[0] != 2 * half or half < 2:
         raise ValueError("views need an even number of rows, at least four")
     label_ids = torch.arange(half, device=pooled.device).repeat(2)
-    total = pooled.new_zeros(())
-    for d in dims:
-        total = total + supervised_contrastive_loss(
-            F.normalize(pooled[:, :d], dim=1), label_ids, temperature
-        )
-    return total / len(dims)
+    loss, _ = intent_loss(pooled, label_ids, None, temperature, 0.0, dims)
+    return loss
