@@ -137,9 +137,15 @@ NOT_RECIPE = frozenset({"out", "evaluate", "hint3", "threads", "cache"})
 
 
 # Knobs added after runs that do not record them, with what those runs did where that is not
-# the knob's default today: runs before the views term (on in the recipe since it was added)
-# trained without it.
-UNRECORDED: dict[str, Any] = {"views": 0.0}
+# the knob's default today. Each was added off and turned on in the recipe later: runs from
+# before it held only different-intent pairs, drew no hard negatives, kept their whole change
+# and trained without dropout views.
+UNRECORDED: dict[str, Any] = {
+    "preserve_pairs": "cross",
+    "hard_share": 0.0,
+    "delta_scale": 1.0,
+    "views": 0.0,
+}
 
 
 def complete_record(recorded: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from embed_service.adapter import ModelSource
+from intent_model.config import complete_record
 from intent_model.data import HINT3_SETS
 from intent_model.gate import judge, verdict_table
 from intent_model.report import DIMS, results_table
@@ -63,7 +64,7 @@ def _recipe(cfg: dict[str, Any], report: dict[str, Any]) -> list[str]:
 
 
 def _views(cfg: dict[str, Any]) -> list[str]:
-    weight = float(cfg.get("views", 0.0))  # runs that do not record it trained without it
+    weight = float(cfg["views"])
     if weight <= 0:
         return []
     return [
@@ -74,7 +75,7 @@ def _views(cfg: dict[str, Any]) -> list[str]:
 
 
 def _trains_on_clinc(cfg: dict[str, Any]) -> bool:
-    return float(cfg["clinc_share"]) > 0.0 and cfg.get("holdout") != "clinc150"
+    return float(cfg["clinc_share"]) > 0.0 and cfg["holdout"] != "clinc150"
 
 
 def _sources(cfg: dict[str, Any]) -> str:
@@ -86,20 +87,20 @@ def _sources(cfg: dict[str, Any]) -> str:
 
 
 def _pairs(cfg: dict[str, Any]) -> str:
-    if cfg.get("preserve_pairs", "cross") == "all":
+    if cfg["preserve_pairs"] == "all":
         return "every pair of rows (same-intent pairs too)"
     return "different-intent pairs"
 
 
 def _blocks(cfg: dict[str, Any]) -> str:
-    first = int(cfg.get("first_layer", 0))
+    first = int(cfg["first_layer"])
     return (
         "the six blocks" if first == 0 else f"blocks {first} to 5 (the lower ones stay the base's)"
     )
 
 
 def _scaled(cfg: dict[str, Any]) -> list[str]:
-    scale = float(cfg.get("delta_scale", 1.0))
+    scale = float(cfg["delta_scale"])
     if scale == 1.0:
         return []
     return [
@@ -109,7 +110,7 @@ def _scaled(cfg: dict[str, Any]) -> list[str]:
 
 
 def _hard_negatives(cfg: dict[str, Any]) -> list[str]:
-    if not cfg.get("hard_share"):
+    if not cfg["hard_share"]:
         return []
     return [
         f"- Hard negatives: {cfg['hard_share']:.0%} of each batch filled with neighbourhoods of "
@@ -118,8 +119,8 @@ def _hard_negatives(cfg: dict[str, Any]) -> list[str]:
     ]
 
 
-def _data(report: dict[str, Any]) -> list[str]:
-    examples, intents, cfg = report["examples"], report["intents"], report["config"]
+def _data(report: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    examples, intents = report["examples"], report["intents"]
     lines = ["## Data", ""]
     if "clinc150" in examples:
         lines.append(
@@ -253,7 +254,7 @@ def _dimensions(results: dict[str, Any]) -> list[str]:
 
 def render(directory: Path) -> str:
     report = _read(directory / "metrics.json")
-    cfg = report["config"]
+    cfg = complete_record(report["config"])
     evaluation = _read(directory / "eval.json")
     results = evaluation["results"] if evaluation else {}
     leaveout = _read(directory / "leaveout.json") or {}
@@ -272,7 +273,7 @@ def render(directory: Path) -> str:
         *_few_shot(results, cfg),
         *_gate(results, leaveout),
         *_dimensions(results),
-        *_data(report),
+        *_data(report, cfg),
         "## Recipe",
         "",
         *_recipe(cfg, report),

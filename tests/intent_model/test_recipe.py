@@ -4,6 +4,7 @@ config."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -210,3 +211,17 @@ def test_a_record_without_a_later_knob_is_the_recipe_that_run_trained(tmp_path: 
     recipe = recipe_of(tmp_path)
     assert (recipe["views"], recipe["view_rows"]) == (0.0, 32)
     assert TrainConfig(**recipe) == TrainConfig(views=0.0, out=TrainConfig().out)
+
+
+def test_a_record_from_before_every_later_knob_is_the_recipe_of_that_time(
+    tmp_path: Path,
+) -> None:
+    """The knobs added off and turned on in the recipe later: a run that records none of them
+    held different-intent pairs, drew no hard negatives and kept its whole change."""
+    later = ("preserve_pairs", "hard_share", "delta_scale", "views", "view_rows")
+    record = {k: v for k, v in config_record(TrainConfig()).items() if k not in later}
+    then = TrainConfig(preserve_pairs="cross", hard_share=0.0, delta_scale=1.0, views=0.0)
+    assert same_recipe(record, then)
+    assert not same_recipe(record, TrainConfig())
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": record}))
+    assert TrainConfig(**recipe_of(tmp_path)) == dataclasses.replace(then, out=TrainConfig().out)
