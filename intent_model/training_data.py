@@ -85,8 +85,11 @@ def _base_vectors(
     path.parent.mkdir(parents=True, exist_ok=True)
     # Written aside and renamed: runs started together may compute the same file at once.
     partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-    torch.save(vectors, partial)
-    os.replace(partial, path)
+    try:
+        torch.save(vectors, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # left only when the save failed
     return vectors
 
 

@@ -203,3 +203,35 @@ def test_views_term_changes_the_run_and_repeats_byte_for_byte(
     with pytest.raises(ValueError, match="pretraining set"):
         _config(tiny_model_dir, tiny_clinc, tiny_pretrain, tmp_path, views=1.0,
                 clinc_share=1.0).validate()  # fmt: skip
+
+
+def test_the_base_vectors_cache_is_reused_and_a_failed_save_leaves_no_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from intent_model import training_data
+
+    passes: list[int] = []
+
+    def pooled(model: object, embedder: object, ids: list[list[int]]) -> torch.Tensor:
+        passes.append(len(ids))
+        return torch.ones(len(ids), 4)
+
+    monkeypatch.setattr(training_data, "pooled", pooled)
+    embedder = SimpleNamespace(revision="r1")
+    ids = [[1, 2], [3]]
+    first = training_data._base_vectors(None, embedder, ids, tmp_path)
+    again = training_data._base_vectors(None, embedder, ids, tmp_path)
+    assert passes == [2] and torch.equal(first, again)
+    assert [p.suffix for p in tmp_path.iterdir()] == [".pt"]
+
+    def full_disk(obj: object, path: Path) -> None:
+        Path(path).write_bytes(b"half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(training_data.torch, "save", full_disk)
+    other = tmp_path / "other"
+    with pytest.raises(OSError, match="No space"):
+        training_data._base_vectors(None, embedder, ids, other)
+    assert list(other.iterdir()) == []
