@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 
 from embed_service.adapter import ADAPTER_WEIGHTS, FACTOR_A, FACTOR_B, read_config, write_adapter
 from intent_embed.logs import configure_logging
+from intent_model.config import complete_record
 
 # What a scaled directory keeps of its source: the recipe and training numbers; eval.json, the
 # leave-out results and the card describe the source's weights, so they are measured anew.
@@ -86,7 +87,8 @@ def recorded_scale(model_dir: Path) -> float:
     path = model_dir / "metrics.json"
     if not path.is_file():
         return 1.0
-    return float(json.loads(path.read_text(encoding="utf-8"))["config"].get("delta_scale", 1.0))
+    recorded = json.loads(path.read_text(encoding="utf-8"))["config"]
+    return float(complete_record(recorded)["delta_scale"])
 
 
 def scale_adapter_dir(source: Path, out: Path, scale: float,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from embed_service.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig
 from embed_service.model import EmbeddingModel
 from encoder.layout import UnpaddedBatch
 from encoder.unpadded import live_forward
+from intent_model import training_data
 from intent_model.lora import LoRALinear, adapter_tensors, add_adapters
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
@@ -208,10 +210,6 @@ def test_views_term_changes_the_run_and_repeats_byte_for_byte(
 def test_the_base_vectors_cache_is_reused_and_a_failed_save_leaves_no_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from types import SimpleNamespace
-
-    from intent_model import training_data
-
     passes: list[int] = []
 
     def pooled(model: object, embedder: object, ids: list[list[int]]) -> torch.Tensor:
