@@ -75,6 +75,16 @@ class TrainConfig:
     view_rows: int = field(
         default=32, metadata={"help": "pretraining utterances per step for the views term"}
     )
+    view_text: str = field(
+        default="pretrain",
+        metadata={"help": "utterances the views term draws from: pretrain | all (the "
+                  "pretraining set and CLINC150 train, labels unused; the holdout applies)"},
+    )  # fmt: skip
+    view_preserve: float = field(
+        default=0.0,
+        metadata={"help": "weight of the preserving term over the views' utterances, encoded "
+                  "without dropout: their cosines held near the base's (0: off)"},
+    )  # fmt: skip
     dims: list[int] = field(
         default_factory=lambda: [384, 256, 128, 64],
         metadata={"help": "Matryoshka widths trained (the full width first)"},
@@ -121,8 +131,12 @@ class TrainConfig:
             raise ValueError("holdout clinc150 with clinc_share 1 leaves nothing to train on")
         if self.preserve_pairs not in ("cross", "all"):
             raise ValueError(f"preserve_pairs must be cross or all, not {self.preserve_pairs!r}")
-        if self.views < 0 or self.view_rows < 2:
-            raise ValueError("views must be >= 0 and view_rows >= 2")
+        if self.views < 0 or self.view_rows < 2 or self.view_preserve < 0:
+            raise ValueError("views and view_preserve must be >= 0, view_rows >= 2")
+        if self.view_text not in ("pretrain", "all"):
+            raise ValueError(f"view_text must be pretrain or all, not {self.view_text!r}")
+        if self.view_preserve > 0 and (self.views <= 0 or self.preserve <= 0):
+            raise ValueError("view_preserve needs the views term and the base vectors (preserve)")
         if self.views > 0 and self.clinc_share >= 1.0:
             raise ValueError("the views term draws from the pretraining set: clinc_share < 1")
         if not 0.0 < self.delta_scale <= 1.0:

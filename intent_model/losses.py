@@ -86,3 +86,19 @@ def views_loss(pooled: torch.Tensor, temperature: float, dims: tuple[int, ...]) 
     label_ids = torch.arange(half, device=pooled.device).repeat(2)
     loss, _ = intent_loss(pooled, label_ids, None, temperature, 0.0, dims)
     return loss
+
+
+def held_layout_loss(
+    pooled: torch.Tensor, base: torch.Tensor, dims: tuple[int, ...]
+) -> torch.Tensor:
+    """`relational_preserve_loss` over every pair of different rows of unlabeled utterances
+    (a distillation of the base's similarities on them), averaged over the renormalised
+    prefixes in `dims`; `base` holds the frozen base's vectors of the same rows."""
+    if pooled.shape != base.shape or pooled.shape[0] < 2:
+        raise ValueError("held rows need one base vector each, at least two rows")
+    rows = torch.arange(pooled.shape[0], device=pooled.device)
+    total = pooled.new_zeros(())
+    for d in dims:
+        z = F.normalize(pooled[:, :d], dim=1)
+        total = total + relational_preserve_loss(z, F.normalize(base[:, :d], dim=1), rows)
+    return total / len(dims)

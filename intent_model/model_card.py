@@ -69,17 +69,43 @@ def _views(cfg: dict[str, Any]) -> list[str]:
         return []
     return [
         f"- Plus {weight:g} x the same contrastive loss over two dropout views of "
-        f"{cfg['view_rows']} pretraining utterances per step, drawn without their labels: each "
-        "view's only positive is the other (SimCSE)."
+        f"{cfg['view_rows']} {_view_text(cfg)} utterances per step, drawn without their "
+        "labels: each view's only positive is the other (SimCSE)"
+        + (
+            f"; plus {float(cfg['view_preserve']):g} x the preserving term over every pair of "
+            "those utterances, encoded without dropout."
+            if float(cfg["view_preserve"]) > 0
+            else "."
+        )
     ]
+
+
+def _view_text(cfg: dict[str, Any]) -> str:
+    if _views_read_clinc(cfg):
+        return "pretraining and CLINC150 training"
+    return "pretraining"
+
+
+def _views_read_clinc(cfg: dict[str, Any]) -> bool:
+    return float(cfg["views"]) > 0 and cfg["view_text"] == "all" and cfg["holdout"] != "clinc150"
 
 
 def _trains_on_clinc(cfg: dict[str, Any]) -> bool:
     return float(cfg["clinc_share"]) > 0.0 and cfg["holdout"] != "clinc150"
 
 
+def _clinc_seen(cfg: dict[str, Any]) -> str:
+    if _trains_on_clinc(cfg):
+        return "CLINC150's train split was."
+    if _views_read_clinc(cfg):
+        return "CLINC150's train split was read without its labels (dropout views) only."
+    return "nor was CLINC150."
+
+
 def _sources(cfg: dict[str, Any]) -> str:
     if not _trains_on_clinc(cfg):
+        if _views_read_clinc(cfg):
+            return "the pretraining set only (CLINC150's labels are not trained on)"
         return "the pretraining set only (CLINC150 is not trained on)"
     return (
         f"CLINC150 for {float(cfg['clinc_share']):.0%} of batches, the pretraining set for the rest"
@@ -191,7 +217,7 @@ def _few_shot(results: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         "",
         "Nearest-centroid accuracy from k examples per intent (drawn by seed, mean of seeds "
         "0-4), and from the whole train split. HINT3's domains were never trained on; "
-        + ("CLINC150's train split was." if _trains_on_clinc(cfg) else "nor was CLINC150."),
+        + _clinc_seen(cfg),
         "",
         f"| benchmark | {head} | base all | trained all |",
         "|---|" + "---|" * (2 * len(SHOTS) + 2),

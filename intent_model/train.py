@@ -34,11 +34,18 @@ from intent_model.data import base_model_dir
 from intent_model.gate import judge, leaveout_of, verdict_table
 from intent_model.interpolate import base_parameters, scale_tensors
 from intent_model.lora import LoRALinear, adapter_tensors, add_adapters, load_adapter_tensors
-from intent_model.losses import intent_loss, views_loss
+from intent_model.losses import held_layout_loss, intent_loss, views_loss
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
 from intent_model.sampler import mixed_batches
-from intent_model.training_data import Source, load_sources, pooled, samplers, source_shares
+from intent_model.training_data import (
+    Source,
+    load_sources,
+    pooled,
+    samplers,
+    source_shares,
+    view_source,
+)
 
 __all__ = ["TrainConfig", "config_record", "main", "train"]
 
@@ -70,6 +77,7 @@ class _Run:
     cfg: TrainConfig
     embedder: Any
     sources: dict[str, Source]
+    views: Source  # the utterances the views term draws from
     started: float
     losses: list[float] = field(default_factory=list)
     kept: list[float] = field(default_factory=list)
@@ -94,9 +102,10 @@ def _prepare(cfg: TrainConfig) -> _Run:
         backend="torch",  # trained in place through transformers' modules
     )
     sources = load_sources(cfg, embedder)
+    views = view_source(cfg, embedder, sources)
     add_adapters(embedder.model, cfg.rank, cfg.alpha, cfg.dropout, cfg.first_layer)
     _serving_modes(embedder.model, cfg)
-    return _Run(cfg, embedder, sources, started)
+    return _Run(cfg, embedder, sources, views, started)
 
 
 def _serving_modes(model: Any, cfg: TrainConfig) -> None:
@@ -108,10 +117,13 @@ def _serving_modes(model: Any, cfg: TrainConfig) -> None:
 
 
 def _views_term(run: _Run, rng: random.Random, dims: tuple[int, ...]) -> torch.Tensor:
-    """`views_loss` of `cfg.view_rows` pretraining utterances drawn at random, each encoded
-    twice in one forward with the base's dropout on (the two copies get different masks)."""
+    """`cfg.views` x `views_loss` of `cfg.view_rows` utterances drawn at random (`run.views`),
+    each encoded twice in one forward with the base's dropout on (the two copies get different
+    masks); with `cfg.view_preserve`, plus that weight x `held_layout_loss` of the same
+    utterances encoded once more with dropout off, as the base's vectors were."""
     cfg, embedder = run.cfg, run.embedder
-    pool = run.sources["pretrain"].ids
+    source = run.views
+    pool = source.ids
     rows = rng.sample(range(len(pool)), min(cfg.view_rows, len(pool)))
     ids = [pool[r] for r in rows]
     tokens = UnpaddedBatch.of(ids + ids, embedder.framing, embedder.device)
@@ -120,7 +132,16 @@ def _views_term(run: _Run, rng: random.Random, dims: tuple[int, ...]) -> torch.T
         vectors = live_forward(embedder.model, tokens, embedder.pooling.mode)
     finally:
         _serving_modes(embedder.model, cfg)
-    return views_loss(vectors, cfg.temperature, dims)
+    loss = cfg.views * views_loss(vectors, cfg.temperature, dims)
+    if cfg.view_preserve > 0 and source.base is not None:
+        clean = live_forward(
+            embedder.model, UnpaddedBatch.of(ids, embedder.framing, embedder.device),
+            embedder.pooling.mode,
+        )  # fmt: skip
+        loss = loss + cfg.view_preserve * held_layout_loss(
+            clean, source.base[rows].to(embedder.device), dims
+        )
+    return loss
 
 
 def _optimise(run: _Run) -> None:
@@ -158,7 +179,7 @@ def _optimise(run: _Run) -> None:
             vectors, label_ids, base, cfg.temperature, cfg.preserve, dims, same
         )
         if cfg.views > 0:
-            loss = loss + cfg.views * _views_term(run, view_rng, dims)
+            loss = loss + _views_term(run, view_rng, dims)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)

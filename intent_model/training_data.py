@@ -103,12 +103,10 @@ def load_sources(cfg: TrainConfig, embedder: Any) -> dict[str, Source]:
     not loaded, so the run is the one that held it out), tokenized and cut to
     `cfg.max_length`; with the preserving term on, the base model's vectors of every utterance
     and name."""
-    clinc = load_clinc(cfg.clinc or default_data_path())["train"]
-    pretrain = load_pretrain(cfg.pretrain or default_pretrain_path())["train"]
-    limit = min(cfg.max_length, embedder.max_seq_length) - embedder.num_special_tokens
+    limit = _token_limit(cfg, embedder)
     shares = source_shares(cfg)
     out = {}
-    for name, split in cfg.holdout_spec().training_data(clinc, pretrain).items():
+    for name, split in _training_splits(cfg).items():
         if shares[name] <= 0.0:
             continue
         labels = sorted(set(split.labels))
@@ -126,6 +124,32 @@ def load_sources(cfg: TrainConfig, embedder: Any) -> dict[str, Source]:
             src.base_names = dict(zip(names, vectors[len(src.ids) :], strict=True))
         out[name] = src
     return out
+
+
+def _token_limit(cfg: TrainConfig, embedder: Any) -> int:
+    return min(cfg.max_length, embedder.max_seq_length) - embedder.num_special_tokens
+
+
+def _training_splits(cfg: TrainConfig) -> dict[str, Any]:
+    clinc = load_clinc(cfg.clinc or default_data_path())["train"]
+    pretrain = load_pretrain(cfg.pretrain or default_pretrain_path())["train"]
+    return cfg.holdout_spec().training_data(clinc, pretrain)
+
+
+def view_source(cfg: TrainConfig, embedder: Any, sources: dict[str, Source]) -> Source:
+    """The utterances the views term draws from (their labels unused): the pretraining set's,
+    and with `cfg.view_text` "all" then CLINC150's training utterances that the holdout leaves,
+    with the base's vectors when the views' preserving term needs them."""
+    pretrain = sources["pretrain"]
+    clinc = _training_splits(cfg).get("clinc150") if cfg.view_text == "all" else None
+    if clinc is None:
+        return pretrain
+    limit = _token_limit(cfg, embedder)
+    ids = [t[:limit] for t in embedder.tokenize(clinc.texts)]
+    base = None
+    if cfg.view_preserve > 0 and pretrain.base is not None:
+        base = torch.cat([pretrain.base, _base_vectors(embedder.model, embedder, ids, cfg.cache)])
+    return Source(ids=pretrain.ids + ids, labels=[], name_ids={}, base=base)
 
 
 def neighbours(src: Source) -> dict[str, list[str]]:

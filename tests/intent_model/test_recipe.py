@@ -20,6 +20,7 @@ from intent_model.data import Split, intent_name, intents_of
 from intent_model.holdout import Holdout
 from intent_model.leaveout import recipe_of
 from intent_model.losses import (
+    held_layout_loss,
     intent_loss,
     relational_preserve_loss,
     supervised_contrastive_loss,
@@ -133,6 +134,24 @@ def test_views_loss_takes_each_rows_other_view_as_its_only_positive() -> None:
     assert float(both) == pytest.approx((float(wide) + float(same)) / 2, rel=1e-6)
     with pytest.raises(ValueError, match="even number"):
         views_loss(torch.ones(5, 2), 1.0, (2,))
+
+
+def test_held_layout_loss_holds_every_pair_of_unlabeled_rows_at_every_width() -> None:
+    a, b, c = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.8, 0.0]
+    assert float(held_layout_loss(torch.tensor([a, b]), torch.tensor([a, b]), (3,))) == 0.0
+    # A rotation of the base is its layout too.
+    assert float(held_layout_loss(torch.tensor([b, a]), torch.tensor([a, b]), (3,))) == 0.0
+    # The base had the two rows at cosine 0.6, the model at 0: both ordered pairs are 0.6 off.
+    drift = held_layout_loss(torch.tensor([a, b]), torch.tensor([a, c]), (3,))
+    assert float(drift) == pytest.approx(0.36, rel=1e-6)
+    # Prefixes renormalised and averaged: the third values (cosine 0.5 at full width) move
+    # the full width only.
+    wide = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
+    assert float(held_layout_loss(wide, torch.tensor([a, b]), (3, 2))) == pytest.approx(
+        (0.25 + 0.0) / 2, rel=1e-6
+    )
+    with pytest.raises(ValueError, match="one base vector each"):
+        held_layout_loss(torch.ones(3, 2), torch.ones(2, 2), (2,))
 
 
 def test_preserve_term_is_zero_for_the_base_geometry_and_grows_with_drift() -> None:

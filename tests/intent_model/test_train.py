@@ -15,7 +15,8 @@ from embed_service.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, AdapterConfig
 from embed_service.model import EmbeddingModel
 from encoder.layout import UnpaddedBatch
 from encoder.unpadded import live_forward
-from intent_model import training_data
+from intent_model import model_card, training_data
+from intent_model.config import complete_record
 from intent_model.lora import LoRALinear, adapter_tensors, add_adapters
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
@@ -195,16 +196,37 @@ def test_views_term_changes_the_run_and_repeats_byte_for_byte(
     """Dropout views of pretraining utterances: a new term in the loss, drawn from its own
     random stream and the seeded torch generator, so the run is still reproducible."""
     weights = {}
-    for name, views in (("plain", 0.0), ("views", 1.0), ("again", 1.0)):
+    runs = {
+        "plain": {"views": 0.0},
+        "views": {},
+        "again": {},
+        "held": {"view_preserve": 50.0},
+        "all": {"view_text": "all", "view_preserve": 50.0},
+        # Without CLINC150 the views read the pretraining set only, as "views" does.
+        "cross": {"holdout": "clinc150"},
+        "cross-all": {"holdout": "clinc150", "view_text": "all"},
+    }
+    for name, knobs in runs.items():
         out = tmp_path / name
-        train(_config(tiny_model_dir, tiny_clinc, tiny_pretrain, out, views=views, view_rows=4,
-                      threads=1))  # fmt: skip
+        settings = {"views": 1.0, "view_rows": 4, "threads": 1} | knobs
+        train(_config(tiny_model_dir, tiny_clinc, tiny_pretrain, out, **settings))
         weights[name] = (out / ADAPTER_WEIGHTS).read_bytes()
     assert weights["views"] != weights["plain"]
     assert weights["views"] == weights["again"]
+    assert len({weights[n] for n in ("plain", "views", "held", "all")}) == 4
+    assert weights["cross-all"] == weights["cross"]
+    held_cfg = json.loads((tmp_path / "held" / "metrics.json").read_text())["config"]
+    held_text = "".join(model_card._views(held_cfg))
+    assert "50 x the preserving term over every pair of those" in held_text
+    assert "preserving" not in "".join(model_card._views(complete_record({"views": 1.0})))
+    all_cfg = json.loads((tmp_path / "all" / "metrics.json").read_text())["config"]
+    assert "pretraining and CLINC150 training utterances" in "".join(model_card._views(all_cfg))
     with pytest.raises(ValueError, match="pretraining set"):
         _config(tiny_model_dir, tiny_clinc, tiny_pretrain, tmp_path, views=1.0,
                 clinc_share=1.0).validate()  # fmt: skip
+    with pytest.raises(ValueError, match="view_preserve needs"):
+        _config(tiny_model_dir, tiny_clinc, tiny_pretrain, tmp_path, views=1.0, preserve=0.0,
+                view_preserve=10.0).validate()  # fmt: skip
 
 
 def test_the_base_vectors_cache_is_reused_and_a_failed_save_leaves_no_file(
