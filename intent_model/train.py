@@ -38,14 +38,7 @@ from intent_model.losses import held_layout_loss, intent_loss, views_loss
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
 from intent_model.sampler import mixed_batches
-from intent_model.training_data import (
-    Source,
-    load_sources,
-    pooled,
-    samplers,
-    source_shares,
-    view_source,
-)
+from intent_model.training_data import Source, load_sources, pooled, samplers, source_shares
 
 __all__ = ["TrainConfig", "config_record", "main", "train"]
 
@@ -101,8 +94,7 @@ def _prepare(cfg: TrainConfig) -> _Run:
         unpadded=False,
         backend="torch",  # trained in place through transformers' modules
     )
-    sources = load_sources(cfg, embedder)
-    views = view_source(cfg, embedder, sources)
+    sources, views = load_sources(cfg, embedder)
     add_adapters(embedder.model, cfg.rank, cfg.alpha, cfg.dropout, cfg.first_layer)
     _serving_modes(embedder.model, cfg)
     return _Run(cfg, embedder, sources, views, started)

@@ -98,15 +98,18 @@ def source_shares(cfg: TrainConfig) -> dict[str, float]:
     return {"clinc150": cfg.clinc_share, "pretrain": 1.0 - cfg.clinc_share}
 
 
-def load_sources(cfg: TrainConfig, embedder: Any) -> dict[str, Source]:
+def load_sources(cfg: TrainConfig, embedder: Any) -> tuple[dict[str, Source], Source]:
     """The sources the run's holdout leaves and its shares draw from (a source with share 0 is
     not loaded, so the run is the one that held it out), tokenized and cut to
     `cfg.max_length`; with the preserving term on, the base model's vectors of every utterance
-    and name."""
-    limit = _token_limit(cfg, embedder)
+    and name. Second, the utterances the views term draws from (`_view_pool`)."""
+    clinc = load_clinc(cfg.clinc or default_data_path())["train"]
+    pretrain = load_pretrain(cfg.pretrain or default_pretrain_path())["train"]
+    limit = min(cfg.max_length, embedder.max_seq_length) - embedder.num_special_tokens
     shares = source_shares(cfg)
+    splits = cfg.holdout_spec().training_data(clinc, pretrain)
     out = {}
-    for name, split in _training_splits(cfg).items():
+    for name, split in splits.items():
         if shares[name] <= 0.0:
             continue
         labels = sorted(set(split.labels))
@@ -123,33 +126,30 @@ def load_sources(cfg: TrainConfig, embedder: Any) -> dict[str, Source]:
             src.base = vectors[: len(src.ids)]
             src.base_names = dict(zip(names, vectors[len(src.ids) :], strict=True))
         out[name] = src
-    return out
+    return out, _view_pool(cfg, embedder, out, splits.get("clinc150"), limit)
 
 
-def _token_limit(cfg: TrainConfig, embedder: Any) -> int:
-    return min(cfg.max_length, embedder.max_seq_length) - embedder.num_special_tokens
-
-
-def _training_splits(cfg: TrainConfig) -> dict[str, Any]:
-    clinc = load_clinc(cfg.clinc or default_data_path())["train"]
-    pretrain = load_pretrain(cfg.pretrain or default_pretrain_path())["train"]
-    return cfg.holdout_spec().training_data(clinc, pretrain)
-
-
-def view_source(cfg: TrainConfig, embedder: Any, sources: dict[str, Source]) -> Source:
+def _view_pool(
+    cfg: TrainConfig, embedder: Any, sources: dict[str, Source], clinc: Any, limit: int
+) -> Source:
     """The utterances the views term draws from (their labels unused): the pretraining set's,
-    and with `cfg.view_text` "all" then CLINC150's training utterances that the holdout leaves,
-    with the base's vectors when the views' preserving term needs them."""
+    and with `cfg.view_text` "all" then CLINC150's training utterances that the holdout leaves
+    (`clinc`, None when it leaves none), with the base's vectors when the views' preserving
+    term needs them. A loaded CLINC150 source lends its tokens and base vectors."""
     pretrain = sources["pretrain"]
-    clinc = _training_splits(cfg).get("clinc150") if cfg.view_text == "all" else None
-    if clinc is None:
+    if cfg.view_text != "all" or clinc is None:
         return pretrain
-    limit = _token_limit(cfg, embedder)
-    ids = [t[:limit] for t in embedder.tokenize(clinc.texts)]
-    base = None
-    if cfg.view_preserve > 0 and pretrain.base is not None:
-        base = torch.cat([pretrain.base, _base_vectors(embedder.model, embedder, ids, cfg.cache)])
-    return Source(ids=pretrain.ids + ids, labels=[], name_ids={}, base=base)
+    loaded = sources.get("clinc150")
+    if loaded is not None:
+        ids, base = loaded.ids, loaded.base
+    else:
+        ids = [t[:limit] for t in embedder.tokenize(clinc.texts)]
+        held = cfg.view_preserve > 0 and pretrain.base is not None
+        base = _base_vectors(embedder.model, embedder, ids, cfg.cache) if held else None
+    both = None
+    if cfg.view_preserve > 0 and pretrain.base is not None and base is not None:
+        both = torch.cat([pretrain.base, base])
+    return Source(ids=pretrain.ids + ids, labels=[], name_ids={}, base=both)
 
 
 def neighbours(src: Source) -> dict[str, list[str]]:

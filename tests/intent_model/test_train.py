@@ -205,6 +205,9 @@ def test_views_term_changes_the_run_and_repeats_byte_for_byte(
         # Without CLINC150 the views read the pretraining set only, as "views" does.
         "cross": {"holdout": "clinc150"},
         "cross-all": {"holdout": "clinc150", "view_text": "all"},
+        # CLINC150 not trained on, its text tokenized for the views alone.
+        "unlabeled": {"clinc_share": 0.0, "view_preserve": 50.0},
+        "unlabeled-all": {"clinc_share": 0.0, "view_text": "all", "view_preserve": 50.0},
     }
     for name, knobs in runs.items():
         out = tmp_path / name
@@ -215,6 +218,7 @@ def test_views_term_changes_the_run_and_repeats_byte_for_byte(
     assert weights["views"] == weights["again"]
     assert len({weights[n] for n in ("plain", "views", "held", "all")}) == 4
     assert weights["cross-all"] == weights["cross"]
+    assert weights["unlabeled-all"] != weights["unlabeled"]
     held_cfg = json.loads((tmp_path / "held" / "metrics.json").read_text())["config"]
     held_text = "".join(model_card._views(held_cfg))
     assert "50 x the preserving term over every pair of those" in held_text
