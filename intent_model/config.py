@@ -72,6 +72,11 @@ class TrainConfig:
         metadata={"help": "weight of the unsupervised term: two dropout views of each of "
                   "--view-rows pretraining utterances as positives, SimCSE style (0: off)"},
     )  # fmt: skip
+    view_temperature: float = field(
+        default=0.0,
+        metadata={"help": "temperature of the views term (0: --temperature); a higher one "
+                  "pushes apart the nearest of the other utterances less"},
+    )  # fmt: skip
     view_rows: int = field(
         default=32, metadata={"help": "pretraining utterances per step for the views term"}
     )
@@ -85,6 +90,15 @@ class TrainConfig:
         metadata={"help": "weight of the preserving term over the views' utterances, encoded "
                   "without dropout: their cosines held near the base's (0: off)"},
     )  # fmt: skip
+    view_neighbours: float = field(
+        default=0.0,
+        metadata={"help": "weight of a distillation of the base's nearest neighbours among "
+                  "the views' utterances, encoded without dropout: KL from the base's softmax "
+                  "over their cosines to the model's (0: off)"},
+    )  # fmt: skip
+    neighbour_temperature: float = field(
+        default=0.05, metadata={"help": "temperature of --view-neighbours' softmax"}
+    )
     dims: list[int] = field(
         default_factory=lambda: [384, 256, 128, 64],
         metadata={"help": "Matryoshka widths trained (the full width first)"},
@@ -135,12 +149,23 @@ class TrainConfig:
             raise ValueError("views and view_preserve must be >= 0, view_rows >= 2")
         if self.view_text not in ("pretrain", "all"):
             raise ValueError(f"view_text must be pretrain or all, not {self.view_text!r}")
-        if self.view_preserve > 0 and (self.views <= 0 or self.preserve <= 0):
-            raise ValueError("view_preserve needs the views term and the base vectors (preserve)")
+        if self.view_temperature < 0:
+            raise ValueError("view_temperature must be >= 0 (0: --temperature)")
+        if self.view_neighbours < 0 or self.neighbour_temperature <= 0:
+            raise ValueError("view_neighbours must be >= 0, neighbour_temperature > 0")
+        if self.view_neighbours > 0 and self.view_rows < 3:
+            raise ValueError("view_neighbours needs view_rows >= 3")
+        for knob in ("view_preserve", "view_neighbours"):
+            if getattr(self, knob) > 0 and (self.views <= 0 or self.preserve <= 0):
+                raise ValueError(f"{knob} needs the views term and the base vectors (preserve)")
         if self.views > 0 and self.clinc_share >= 1.0:
             raise ValueError("the views term draws from the pretraining set: clinc_share < 1")
         if not 0.0 < self.delta_scale <= 1.0:
             raise ValueError(f"delta_scale must be in (0, 1], not {self.delta_scale}")
+
+    def views_held(self) -> bool:
+        """Whether a views term compares with the base's vectors of the views' utterances."""
+        return self.view_preserve > 0 or self.view_neighbours > 0
 
     def holdout_spec(self) -> Holdout:
         return Holdout(self.holdout, tuple(self.holdout_domains), self.holdout_share, self.seed)

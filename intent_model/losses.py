@@ -102,3 +102,24 @@ def held_layout_loss(
         z = F.normalize(pooled[:, :d], dim=1)
         total = total + relational_preserve_loss(z, F.normalize(base[:, :d], dim=1), rows)
     return total / len(dims)
+
+
+def neighbour_distill_loss(
+    pooled: torch.Tensor, base: torch.Tensor, dims: tuple[int, ...], temperature: float
+) -> torch.Tensor:
+    """KL divergence from the frozen base's to the model's distribution over each row's other
+    rows, softmax of cosines / `temperature`, averaged over rows and the renormalised prefixes
+    in `dims`. A low temperature puts the weight on each row's nearest rows, so this holds
+    which utterances are neighbours (what 1-NN reads) rather than every cosine's value."""
+    n = pooled.shape[0]
+    if pooled.shape != base.shape or n < 3:
+        raise ValueError("neighbour rows need one base vector each, at least three rows")
+    others = ~torch.eye(n, dtype=torch.bool, device=pooled.device)
+    total = pooled.new_zeros(())
+    for d in dims:
+        z = F.normalize(pooled[:, :d], dim=1)
+        zb = F.normalize(base[:, :d], dim=1)
+        student = F.log_softmax(((z @ z.T) / temperature)[others].view(n, n - 1), dim=1)
+        teacher = F.log_softmax(((zb @ zb.T) / temperature)[others].view(n, n - 1), dim=1)
+        total = total + F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+    return total / len(dims)

@@ -68,16 +68,35 @@ def _views(cfg: dict[str, Any]) -> list[str]:
     if weight <= 0:
         return []
     return [
-        f"- Plus {weight:g} x the same contrastive loss over two dropout views of "
+        f"- Plus {weight:g} x the same contrastive loss"
+        + (
+            f" at temperature {float(cfg['view_temperature']):g}"
+            if float(cfg["view_temperature"]) > 0
+            else ""
+        )
+        + " over two dropout views of "
         f"{cfg['view_rows']} {_view_text(cfg)} utterances per step, drawn without their "
         "labels: each view's only positive is the other (SimCSE)"
-        + (
-            f"; plus {float(cfg['view_preserve']):g} x the preserving term over every pair of "
-            "those utterances, encoded without dropout."
-            if float(cfg["view_preserve"]) > 0
-            else "."
-        )
+        + "".join(_views_held(cfg))
+        + "."
     ]
+
+
+def _views_held(cfg: dict[str, Any]) -> list[str]:
+    """The terms that hold the views' utterances near the base, encoded without dropout."""
+    held = []
+    if float(cfg["view_preserve"]) > 0:
+        held.append(
+            f"; plus {float(cfg['view_preserve']):g} x the preserving term over every pair of "
+            "those utterances, encoded without dropout"
+        )
+    if float(cfg["view_neighbours"]) > 0:
+        held.append(
+            f"; plus {float(cfg['view_neighbours']):g} x a distillation of the base's nearest "
+            "neighbours among them (KL of the softmax over their cosines at temperature "
+            f"{float(cfg['neighbour_temperature']):g}), encoded without dropout"
+        )
+    return held
 
 
 def _view_text(cfg: dict[str, Any]) -> str:

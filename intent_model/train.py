@@ -34,7 +34,12 @@ from intent_model.data import base_model_dir
 from intent_model.gate import judge, leaveout_of, verdict_table
 from intent_model.interpolate import base_parameters, scale_tensors
 from intent_model.lora import LoRALinear, adapter_tensors, add_adapters, load_adapter_tensors
-from intent_model.losses import held_layout_loss, intent_loss, views_loss
+from intent_model.losses import (
+    held_layout_loss,
+    intent_loss,
+    neighbour_distill_loss,
+    views_loss,
+)
 from intent_model.model_card import write_model_card
 from intent_model.report import evaluate_training_run
 from intent_model.sampler import mixed_batches
@@ -112,7 +117,8 @@ def _views_term(run: _Run, rng: random.Random, dims: tuple[int, ...]) -> torch.T
     """`cfg.views` x `views_loss` of `cfg.view_rows` utterances drawn at random (`run.views`),
     each encoded twice in one forward with the base's dropout on (the two copies get different
     masks); with `cfg.view_preserve`, plus that weight x `held_layout_loss` of the same
-    utterances encoded once more with dropout off, as the base's vectors were."""
+    utterances encoded once more with dropout off, as the base's vectors were, and with
+    `cfg.view_neighbours` that weight x `neighbour_distill_loss` of that encoding."""
     cfg, embedder = run.cfg, run.embedder
     source = run.views
     pool = source.ids
@@ -124,15 +130,19 @@ def _views_term(run: _Run, rng: random.Random, dims: tuple[int, ...]) -> torch.T
         vectors = live_forward(embedder.model, tokens, embedder.pooling.mode)
     finally:
         _serving_modes(embedder.model, cfg)
-    loss = cfg.views * views_loss(vectors, cfg.temperature, dims)
-    if cfg.view_preserve > 0 and source.base is not None:
+    loss = cfg.views * views_loss(vectors, cfg.view_temperature or cfg.temperature, dims)
+    if cfg.views_held() and source.base is not None:
         clean = live_forward(
             embedder.model, UnpaddedBatch.of(ids, embedder.framing, embedder.device),
             embedder.pooling.mode,
         )  # fmt: skip
-        loss = loss + cfg.view_preserve * held_layout_loss(
-            clean, source.base[rows].to(embedder.device), dims
-        )
+        base = source.base[rows].to(embedder.device)
+        if cfg.view_preserve > 0:
+            loss = loss + cfg.view_preserve * held_layout_loss(clean, base, dims)
+        if cfg.view_neighbours > 0:
+            loss = loss + cfg.view_neighbours * neighbour_distill_loss(
+                clean, base, dims, cfg.neighbour_temperature
+            )
     return loss
 
 

@@ -134,8 +134,8 @@ def _view_pool(
 ) -> Source:
     """The utterances the views term draws from (their labels unused): the pretraining set's,
     and with `cfg.view_text` "all" then CLINC150's training utterances that the holdout leaves
-    (`clinc`, None when it leaves none), with the base's vectors when the views' preserving
-    term needs them. A loaded CLINC150 source lends its tokens and base vectors."""
+    (`clinc`, None when it leaves none), with the base's vectors when a term over the views'
+    utterances needs them. A loaded CLINC150 source lends its tokens and base vectors."""
     pretrain = sources["pretrain"]
     if cfg.view_text != "all" or clinc is None:
         return pretrain
@@ -144,10 +144,10 @@ def _view_pool(
         ids, base = loaded.ids, loaded.base
     else:
         ids = [t[:limit] for t in embedder.tokenize(clinc.texts)]
-        held = cfg.view_preserve > 0 and pretrain.base is not None
+        held = cfg.views_held() and pretrain.base is not None
         base = _base_vectors(embedder.model, embedder, ids, cfg.cache) if held else None
     both = None
-    if cfg.view_preserve > 0 and pretrain.base is not None and base is not None:
+    if cfg.views_held() and pretrain.base is not None and base is not None:
         both = torch.cat([pretrain.base, base])
     return Source(ids=pretrain.ids + ids, labels=[], name_ids={}, base=both)
 

@@ -22,6 +22,7 @@ from intent_model.leaveout import recipe_of
 from intent_model.losses import (
     held_layout_loss,
     intent_loss,
+    neighbour_distill_loss,
     relational_preserve_loss,
     supervised_contrastive_loss,
     views_loss,
@@ -152,6 +153,38 @@ def test_held_layout_loss_holds_every_pair_of_unlabeled_rows_at_every_width() ->
     )
     with pytest.raises(ValueError, match="one base vector each"):
         held_layout_loss(torch.ones(3, 2), torch.ones(2, 2), (2,))
+
+
+def test_neighbour_distillation_holds_which_rows_are_nearest_not_the_cosines() -> None:
+    a, b, c = [1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]
+    base = torch.tensor([a, b, c])
+    assert float(neighbour_distill_loss(base, base, (3,), 0.05)) == 0.0
+    # A rotation keeps every neighbour: nothing to pay.
+    turn = torch.tensor([[0.8, -0.6, 0.0], [0.6, 0.8, 0.0], [0.0, 0.0, 1.0]])
+    assert float(neighbour_distill_loss(base @ turn, base, (3,), 0.05)) == pytest.approx(
+        0.0, abs=1e-6
+    )
+    # b moved away from a but still nearest to it costs next to nothing at a low temperature;
+    # b moved so that c is its nearest costs much more.
+    kept = torch.tensor([a, [0.6, 0.8, 0.0], c])
+    swapped = torch.tensor([a, [0.0, 0.6, 0.8], c])
+    assert float(neighbour_distill_loss(kept, base, (3,), 0.05)) < 1e-3
+    assert float(neighbour_distill_loss(swapped, base, (3,), 0.05)) > 1.0
+    # By hand: row i's KL over its two other rows, averaged over rows.
+    z = torch.nn.functional.normalize(swapped, dim=1)
+    expected = 0.0
+    for i in range(3):
+        j = [k for k in range(3) if k != i]
+        p = torch.softmax(base[i] @ base[j].T / 0.5, dim=0)
+        q = torch.softmax(z[i] @ z[j].T / 0.5, dim=0)
+        expected += float((p * (p / q).log()).sum()) / 3
+    assert float(neighbour_distill_loss(swapped, base, (3,), 0.5)) == pytest.approx(expected)
+    # Prefixes renormalised and averaged, as for every other term.
+    assert float(neighbour_distill_loss(swapped, base, (3, 2), 0.5)) == pytest.approx(
+        (expected + float(neighbour_distill_loss(swapped[:, :2], base[:, :2], (2,), 0.5))) / 2
+    )
+    with pytest.raises(ValueError, match="one base vector each"):
+        neighbour_distill_loss(torch.ones(2, 2), torch.ones(2, 2), (2,), 0.05)
 
 
 def test_preserve_term_is_zero_for_the_base_geometry_and_grows_with_drift() -> None:

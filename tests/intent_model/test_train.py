@@ -201,6 +201,10 @@ def test_views_term_changes_the_run_and_repeats_byte_for_byte(
         "views": {},
         "again": {},
         "held": {"view_preserve": 50.0},
+        "neighbours": {"view_neighbours": 2.0},
+        "warm": {"view_temperature": 0.5},
+        # 0 is the supervised term's temperature; naming it changes nothing.
+        "named": {"view_temperature": 0.1},
         "all": {"view_text": "all", "view_preserve": 50.0},
         # Without CLINC150 the views read the pretraining set only, as "views" does.
         "cross": {"holdout": "clinc150"},
@@ -216,12 +220,20 @@ def test_views_term_changes_the_run_and_repeats_byte_for_byte(
         weights[name] = (out / ADAPTER_WEIGHTS).read_bytes()
     assert weights["views"] != weights["plain"]
     assert weights["views"] == weights["again"]
-    assert len({weights[n] for n in ("plain", "views", "held", "all")}) == 4
+    named = ("plain", "views", "held", "all", "neighbours", "warm")
+    assert len({weights[n] for n in named}) == len(named)
+    assert weights["named"] == weights["views"]
     assert weights["cross-all"] == weights["cross"]
     assert weights["unlabeled-all"] != weights["unlabeled"]
     held_cfg = json.loads((tmp_path / "held" / "metrics.json").read_text())["config"]
     held_text = "".join(model_card._views(held_cfg))
     assert "50 x the preserving term over every pair of those" in held_text
+    warm_cfg = json.loads((tmp_path / "warm" / "metrics.json").read_text())["config"]
+    assert "loss at temperature 0.5 over two dropout views" in "".join(model_card._views(warm_cfg))
+    near_cfg = json.loads((tmp_path / "neighbours" / "metrics.json").read_text())["config"]
+    assert "2 x a distillation of the base's nearest neighbours" in "".join(
+        model_card._views(near_cfg)
+    )
     assert "preserving" not in "".join(model_card._views(complete_record({"views": 1.0})))
     all_cfg = json.loads((tmp_path / "all" / "metrics.json").read_text())["config"]
     assert "pretraining and CLINC150 training utterances" in "".join(model_card._views(all_cfg))
@@ -231,6 +243,15 @@ def test_views_term_changes_the_run_and_repeats_byte_for_byte(
     with pytest.raises(ValueError, match="view_preserve needs"):
         _config(tiny_model_dir, tiny_clinc, tiny_pretrain, tmp_path, views=1.0, preserve=0.0,
                 view_preserve=10.0).validate()  # fmt: skip
+    with pytest.raises(ValueError, match="view_neighbours needs the views"):
+        _config(tiny_model_dir, tiny_clinc, tiny_pretrain, tmp_path, views=0.0,
+                view_neighbours=1.0).validate()  # fmt: skip
+    with pytest.raises(ValueError, match="view_temperature must be"):
+        _config(tiny_model_dir, tiny_clinc, tiny_pretrain, tmp_path, views=1.0,
+                view_temperature=-1.0).validate()  # fmt: skip
+    with pytest.raises(ValueError, match="neighbour_temperature > 0"):
+        _config(tiny_model_dir, tiny_clinc, tiny_pretrain, tmp_path, views=1.0,
+                view_neighbours=1.0, neighbour_temperature=0.0).validate()  # fmt: skip
 
 
 def test_the_base_vectors_cache_is_reused_and_a_failed_save_leaves_no_file(
